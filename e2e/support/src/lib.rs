@@ -1,0 +1,1 @@
+//! Test support for thaw integration and end-to-end tests.

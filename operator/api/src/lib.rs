@@ -1,0 +1,18 @@
+//! The `thaw.dev/v1alpha1` Function API: the types, their defaults, the CEL
+//! validation the API server enforces, and the generated CRD.
+//!
+//! Every other crate talks about Functions through these types, and every
+//! label or annotation key that crosses a component boundary lives in
+//! [`keys`], so the contract between controller, activator and autoscaler is
+//! written down once.
+
+pub mod crd;
+pub mod duration;
+pub mod function;
+pub mod keys;
+
+pub use duration::GoDuration;
+pub use function::{
+    Function, FunctionSpec, FunctionStatus, InstanceCounts, PodTemplate, PodTemplateMetadata,
+    Queue, Scaling,
+};
