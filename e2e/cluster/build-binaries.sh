@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local cluster's binaries once into a cache outside the repository
 # and reuses them when present: kube-apiserver, kube-controller-manager,
-# kube-scheduler (from the k8s.io/kubernetes module), etcd and helm.
+# kube-scheduler and kubectl (from the k8s.io/kubernetes module), etcd and helm.
 #
 # k8s.io/kubernetes and etcd's server module replace their sibling modules with
 # relative paths, so `go install mod@version` refuses them. We build from a
@@ -52,7 +52,8 @@ write_wrapper() {
 }
 
 build_kubernetes() {
-  if [[ -x $k8s_bin/kube-apiserver && -x $k8s_bin/kube-controller-manager && -x $k8s_bin/kube-scheduler ]]; then
+  if [[ -x $k8s_bin/kube-apiserver && -x $k8s_bin/kube-controller-manager && -x $k8s_bin/kube-scheduler &&
+    -x $k8s_bin/kubectl ]]; then
     return
   fi
   local src="$cache/k8s-$KUBERNETES_VERSION/src" start=$SECONDS
@@ -70,11 +71,13 @@ build_kubernetes() {
     log "downloading modules"
     go mod download k8s.io/kubernetes
     mkdir -p "$k8s_bin.tmp"
-    log "compiling kube-apiserver, kube-controller-manager, kube-scheduler"
+    # kubectl too, so the scripts and users get a client of the server's version.
+    log "compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl"
     go build -trimpath -tags selinux,notest -ldflags "$ldflags" -o "$k8s_bin.tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubectl
   )
   rm -rf "$k8s_bin" && mv "$k8s_bin.tmp" "$k8s_bin"
   log "Kubernetes built in $((SECONDS - start)) s"

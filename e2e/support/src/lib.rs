@@ -1,1 +1,11 @@
-//! Test support for thaw integration and end-to-end tests.
+//! Test support for thaw's integration and end-to-end tests: the local
+//! cluster (started once, or attached to when already running), a namespace
+//! per test, waiting on conditions with deadlines, and the fixtures that unit
+//! and cluster tests share.
+
+pub mod cluster;
+pub mod fixtures;
+pub mod wait;
+
+pub use cluster::{Cluster, TestNamespace};
+pub use wait::wait_until;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The format every duration field accepts: one or more `<number><unit>`
 /// with units `ms`, `s`, `m` or `h`. Go accepts more (`ns`, `us`, signs), but
 /// none of those make sense for these settings.
-pub const FORMAT: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+pub const FORMAT: &str = r"^([0-9]+([.][0-9]+)?(ms|s|m|h))+$";
 
 /// A duration string as the user wrote it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +149,9 @@ mod tests {
 
     #[test]
     fn rejects_what_the_schema_rejects() {
-        for text in ["", "5", "m", "-5s", "5 s", "1d", "10us", "1.s", ".5s", "5sm"] {
+        for text in [
+            "", "5", "m", "-5s", "5 s", "1d", "10us", "1.s", ".5s", "5sm",
+        ] {
             assert!(GoDuration::from(text).parse().is_err(), "{text:?} parsed");
         }
     }

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration},
+    api::core::v1::{
+        EnvVar, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 use kube::{CustomResource, KubeSchema};
@@ -20,6 +22,8 @@ use crate::duration::{GoDuration, format_rule, range_rule};
 /// A function thaw runs on demand: a container image serving HTTP on
 /// `port`, scaled from zero by request concurrency, each instance destroyed
 /// once it has been idle for `scaling.keepAlive`.
+// Each printcolumn repeats `type_`, which clippy mistakes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "thaw.dev",
@@ -52,7 +56,11 @@ use crate::duration::{GoDuration, format_rule, range_rule};
         type_ = "date",
         json_path = ".status.lastRequestTime"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionSpec {

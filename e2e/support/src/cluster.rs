@@ -1,0 +1,171 @@
+//! The local cluster as tests see it: started once per machine by
+//! `e2e/cluster/up.sh` (or attached to when already running) and a
+//! namespace of its own for every test.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::OnceCell;
+
+use crate::{fixtures::repo_root, wait_until};
+
+/// Field manager of everything the tests apply.
+const FIELD_MANAGER: &str = "thaw-e2e";
+
+/// A running local cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    kubeconfig: PathBuf,
+}
+
+static SHARED: OnceCell<Cluster> = OnceCell::const_new();
+
+impl Cluster {
+    /// The local cluster, started by `e2e/cluster/up.sh` unless it already
+    /// runs (the script is idempotent and serialised with `flock`, so
+    /// concurrent test binaries start it once).
+    pub async fn shared() -> Result<Cluster> {
+        SHARED.get_or_try_init(Self::start).await.cloned()
+    }
+
+    async fn start() -> Result<Cluster> {
+        let root = repo_root();
+        let dir = std::env::var_os("THAW_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".cluster"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let up = root.join("e2e/cluster/up.sh");
+        let lock = dir.join("up.lock");
+        let status = tokio::task::spawn_blocking(move || {
+            Command::new("flock")
+                .arg(&lock)
+                .arg("bash")
+                .arg(&up)
+                .status()
+        })
+        .await?
+        .context("running e2e/cluster/up.sh")?;
+        if !status.success() {
+            bail!("e2e/cluster/up.sh failed ({status}); see .cluster/logs");
+        }
+        let kubeconfig = dir.join("kubeconfig");
+        let client = client_from(&kubeconfig).await?;
+        Ok(Cluster { client, kubeconfig })
+    }
+
+    /// A client with the cluster admin's credentials.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Path of the admin kubeconfig, for processes the tests start.
+    pub fn kubeconfig(&self) -> &PathBuf {
+        &self.kubeconfig
+    }
+
+    /// A fresh namespace named `<prefix>-<random>`, deleted when dropped.
+    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
+        let suffix = Alphanumeric
+            .sample_string(&mut rand::rng(), 6)
+            .to_lowercase();
+        let name = format!("{prefix}-{suffix}");
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("thaw.dev/test".to_owned(), "true".to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(self.client())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(TestNamespace {
+            name,
+            client: self.client(),
+        })
+    }
+
+    /// Applies `crds/functions.thaw.dev.yaml` and waits until it is served.
+    pub async fn install_function_crd(&self) -> Result<()> {
+        let path = repo_root().join("crds/functions.thaw.dev.yaml");
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+        let name = crd.metadata.name.clone().context("the CRD has no name")?;
+        let api = Api::<CustomResourceDefinition>::all(self.client());
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .context("applying the Function CRD")?;
+        wait_until(
+            "the Function CRD to be established",
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(established.then_some(()))
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(kubeconfig: &PathBuf) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// A namespace a test owns. Dropping it starts its deletion.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// An `Api` for namespaced objects in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        // Drop cannot await; the deletion finishes in the background, or
+        // with the cluster at the end of `make test`.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { api.delete(&name, &DeleteParams::background()).await });
+        }
+    }
+}
