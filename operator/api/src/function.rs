@@ -34,6 +34,10 @@ use crate::duration::{GoDuration, format_rule, range_rule};
     category = "thaw",
     status = "FunctionStatus",
     derive = "PartialEq",
+    // The name becomes a Service name and a label value, and prefixes pod names.
+    validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(Message::Expression(
+        "'Function name ' + self.metadata.name + ' must be at most 56 lowercase letters, digits and dashes, starting with a letter: it names a Service and prefixes instance pod names'".into()
+    )),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(
         name = "Ready",
