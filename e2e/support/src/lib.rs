@@ -5,7 +5,9 @@
 
 pub mod cluster;
 pub mod fixtures;
+pub mod process;
 pub mod wait;
 
 pub use cluster::{Cluster, TestNamespace};
+pub use process::Operator;
 pub use wait::wait_until;

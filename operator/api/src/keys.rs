@@ -4,3 +4,22 @@
 
 /// Label on every instance pod and per-function Service: the Function's name.
 pub const FUNCTION_LABEL: &str = "thaw.dev/function";
+
+/// Label on every instance pod: the hash of the spec fields it was built
+/// from, so a spec change is told from a scaling change.
+pub const SPEC_HASH_LABEL: &str = "thaw.dev/spec-hash";
+
+/// Annotation set on an instance pod when it starts draining (RFC 3339
+/// time). Activators place no new requests on it; it is deleted once
+/// nothing is in flight on it.
+pub const DRAINING_SINCE_ANNOTATION: &str = "thaw.dev/draining-since";
+
+/// Annotation: when the instance last became idle (RFC 3339), absent while busy.
+pub const IDLE_SINCE_ANNOTATION: &str = "thaw.dev/idle-since";
+
+/// Annotation: when the instance will be destroyed if no request arrives
+/// (idle-since plus keep-alive, RFC 3339), absent while busy.
+pub const EXPIRES_AT_ANNOTATION: &str = "thaw.dev/expires-at";
+
+/// Name of the function's container in an instance pod.
+pub const FUNCTION_CONTAINER: &str = "function";

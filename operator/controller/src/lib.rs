@@ -1,4 +1,18 @@
 //! thaw's controller: reconciles each Function into a pool of instance pods
 //! that it creates and deletes one by one.
-//!
-//! Not built yet: the operator issue fills this crate.
+
+pub mod context;
+pub mod error;
+pub mod instance;
+pub mod memory;
+pub mod metrics;
+pub mod pod;
+pub mod reconcile;
+pub mod service;
+pub mod status;
+
+pub use context::{Config, Context};
+pub use error::Error;
+pub use reconcile::reconcile;
+pub mod http;
+pub mod run;

@@ -1,9 +1,17 @@
 //! The `thaw` binary: one executable for every thaw component.
 
-use std::io::Write;
+use std::{io::Write, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use futures::FutureExt;
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -12,6 +20,9 @@ use clap::{Parser, Subcommand};
     about = "HTTP functions on Kubernetes that scale to zero, with an exact keep-alive per instance"
 )]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,16 +31,119 @@ struct Cli {
 enum Command {
     /// Print the Function CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller and the autoscaler.
+    Operator(Box<OperatorArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+#[derive(Args)]
+struct ClusterArgs {
+    /// Kubeconfig to use; in-cluster config or $KUBECONFIG when unset.
+    #[arg(long, env = "THAW_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct OperatorArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Address of /metrics, /healthz, /readyz and the activators' /v1/stats.
+    #[arg(long, env = "THAW_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    http_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "thaw-system")]
+    lease_namespace: String,
+    #[arg(long, default_value = "thaw-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader's Lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// DNS name of the activator Service; every Function's ExternalName Service points there.
+    #[arg(
+        long,
+        env = "THAW_ACTIVATOR_HOST",
+        default_value = "thaw-activator.thaw-system.svc.cluster.local"
+    )]
+    activator_host: String,
+    /// Domain of Function URLs: http://<name>.<namespace>.<domain>.
+    #[arg(long, env = "THAW_DOMAIN", default_value = "svc.cluster.local")]
+    domain: String,
+    /// Watch only this namespace's Functions (all namespaces when unset).
+    #[arg(long, env = "THAW_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    match cli.command {
         Command::Crd => {
             let yaml = thaw_api::crd::function_crd_yaml().context("rendering the CRD")?;
             std::io::stdout()
                 .write_all(yaml.as_bytes())
                 .context("writing the CRD")?;
         }
+        Command::Operator(args) => operator(*args).await?,
     }
     Ok(())
+}
+
+async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = client(&args.cluster).await?;
+    let identity = args.identity.unwrap_or_else(|| {
+        format!(
+            "thaw-operator-{}",
+            Alphanumeric
+                .sample_string(&mut rand::rng(), 8)
+                .to_lowercase()
+        )
+    });
+    let options = thaw_controller::run::Options {
+        config: thaw_controller::Config {
+            activator_host: args.activator_host,
+            domain: args.domain,
+        },
+        http_addr: args.http_addr,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity,
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        watch_namespace: args.watch_namespace,
+    };
+    thaw_controller::run::run(client, options, shutdown_signal()?.boxed()).await
+}
+
+async fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Completes on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

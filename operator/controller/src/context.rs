@@ -1,0 +1,55 @@
+//! What every reconcile shares: clients, caches, the autoscaler's stats and
+//! the controller's memory.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
+use thaw_core::{Clock, FunctionKey, StatsStore};
+
+use crate::{memory::FunctionMemory, metrics::Metrics};
+
+/// The field manager of everything the controller writes.
+pub const FIELD_MANAGER: &str = "thaw-controller";
+
+/// Settings of the controller from the command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// DNS name of the activator Service, the target of every Function's
+    /// ExternalName Service.
+    pub activator_host: String,
+    /// Domain of Function URLs: `http://<name>.<namespace>.<domain>`.
+    pub domain: String,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub config: Config,
+    /// Every instance pod (label `thaw.dev/function`), from a watch.
+    pub pods: Store<Pod>,
+    /// Activator stats, merged; the HTTP endpoint feeds it.
+    pub autoscaler: Arc<Mutex<StatsStore>>,
+    pub memory: Mutex<HashMap<FunctionKey, FunctionMemory>>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Context {
+    /// The autoscaler's store. A panic while it was held cannot leave it
+    /// inconsistent in a way worse than stale stats, so poisoning is ignored.
+    pub fn autoscaler(&self) -> MutexGuard<'_, StatsStore> {
+        self.autoscaler
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The controller's memory of all Functions.
+    pub fn memory(&self) -> MutexGuard<'_, HashMap<FunctionKey, FunctionMemory>> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,83 @@
+//! The operator's Prometheus metrics.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, exponential_buckets,
+};
+
+/// Every metric the controller records, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    pub instances: IntGaugeVec,
+    pub desired: IntGaugeVec,
+    pub decisions: IntCounterVec,
+    pub instance_failures: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new("thaw_reconciles_total", "Reconciles of Functions."),
+            &["namespace", "function"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "thaw_reconcile_errors_total",
+                "Failed reconciles, by error kind.",
+            ),
+            &["error"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "thaw_reconcile_duration_seconds",
+                "Time one reconcile takes.",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 14)?),
+            &[],
+        )?;
+        let instances = IntGaugeVec::new(
+            Opts::new("thaw_instances", "Instances by state."),
+            &["namespace", "function", "state"],
+        )?;
+        let desired = IntGaugeVec::new(
+            Opts::new("thaw_desired_instances", "Instances the autoscaler wants."),
+            &["namespace", "function"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "thaw_decisions_total",
+                "Instances created, drained and deleted.",
+            ),
+            &["namespace", "function", "action"],
+        )?;
+        let instance_failures = IntCounterVec::new(
+            Opts::new(
+                "thaw_instance_failures_total",
+                "Instances that failed, by reason.",
+            ),
+            &["namespace", "function", "reason"],
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(desired.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(instance_failures.clone()))?;
+        Ok(Self {
+            registry,
+            reconciles,
+            errors,
+            reconcile_duration,
+            instances,
+            desired,
+            decisions,
+            instance_failures,
+        })
+    }
+}

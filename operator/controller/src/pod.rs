@@ -1,0 +1,314 @@
+//! The instance pod, built by a pure function of the Function.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+        ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
+        SecurityContext, TCPSocketAction,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{Resource, api::ObjectMeta};
+use sha2::{Digest, Sha256};
+use thaw_api::{
+    Function, FunctionSpec,
+    keys::{FUNCTION_CONTAINER, FUNCTION_LABEL, SPEC_HASH_LABEL},
+};
+
+/// Seconds a pod gets after SIGTERM on top of the request timeout, so a
+/// request admitted just before deletion can still finish.
+const SHUTDOWN_MARGIN_SECONDS: i64 = 5;
+
+/// Hash of the spec fields an instance pod is built from. Scaling and queue
+/// settings are left out: changing `keepAlive` must not replace instances.
+/// SHA-256, not std's hasher, because it must stay stable across releases
+/// (a different hash would roll every instance on an operator upgrade).
+pub fn spec_hash(spec: &FunctionSpec) -> String {
+    let pod_fields = serde_json::json!({
+        "image": spec.image,
+        "command": spec.command,
+        "args": spec.args,
+        "env": spec.env,
+        "resources": spec.resources,
+        "port": spec.port,
+        "readinessPath": spec.readiness_path,
+        "serviceAccountName": spec.service_account_name,
+        "podTemplate": spec.pod_template,
+        "timeout": spec.timeout,
+    });
+    let digest = Sha256::digest(pod_fields.to_string().as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The labels that select a Function's instance pods.
+pub fn selector_labels(function_name: &str) -> BTreeMap<String, String> {
+    [(FUNCTION_LABEL.to_owned(), function_name.to_owned())].into()
+}
+
+/// The pod of instance `pod_name` of `function`, owned by it.
+///
+/// Defaults are restrictive (non-root, read-only root filesystem, no
+/// capabilities, RuntimeDefault seccomp, no service links, no API token);
+/// `spec.podTemplate` replaces them.
+pub fn instance_pod(function: &Function, pod_name: &str) -> Pod {
+    let spec = &function.spec;
+    let name = function.metadata.name.clone().unwrap_or_default();
+    let template = spec.pod_template.clone().unwrap_or_default();
+    let user_meta = template.metadata.unwrap_or_default();
+
+    let mut labels = user_meta.labels.unwrap_or_default();
+    labels.extend(selector_labels(&name));
+    labels.insert(SPEC_HASH_LABEL.to_owned(), spec_hash(spec));
+
+    let grace = spec
+        .timeout
+        .parse()
+        .map(|t| t.as_secs_f64().ceil() as i64)
+        .unwrap_or(30)
+        + SHUTDOWN_MARGIN_SECONDS;
+
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name.to_owned()),
+            namespace: function.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: user_meta.annotations,
+            owner_references: function.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container(spec)],
+            // A crashed instance is replaced by the controller with backoff,
+            // not restarted in place: a fresh instance, as Lambda gives.
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(grace),
+            service_account_name: spec.service_account_name.clone(),
+            automount_service_account_token: Some(spec.service_account_name.is_some()),
+            enable_service_links: Some(false),
+            node_selector: template.node_selector,
+            tolerations: template.tolerations,
+            security_context: Some(template.security_context.unwrap_or_else(|| {
+                PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        ..SeccompProfile::default()
+                    }),
+                    ..PodSecurityContext::default()
+                }
+            })),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn container(spec: &FunctionSpec) -> Container {
+    let template = spec.pod_template.clone().unwrap_or_default();
+    let mut env = vec![
+        EnvVar {
+            name: "PORT".into(),
+            value: Some(spec.port.to_string()),
+            ..EnvVar::default()
+        },
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    env.extend(spec.env.clone().unwrap_or_default());
+    let port = IntOrString::Int(spec.port);
+    let readiness = match &spec.readiness_path {
+        Some(path) => Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.clone()),
+                port: port.clone(),
+                ..HTTPGetAction::default()
+            }),
+            ..fast_probe()
+        },
+        None => Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: port.clone(),
+                ..TCPSocketAction::default()
+            }),
+            ..fast_probe()
+        },
+    };
+    Container {
+        name: FUNCTION_CONTAINER.into(),
+        image: Some(spec.image.clone()),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: spec.resources.clone(),
+        readiness_probe: Some(readiness),
+        security_context: Some(template.container_security_context.unwrap_or_else(|| {
+            SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Capabilities::default()
+                }),
+                ..SecurityContext::default()
+            }
+        })),
+        ..Container::default()
+    }
+}
+
+/// The kubelet's probe, as often as it allows: the activator probes new
+/// instances itself much faster, this one keeps pod status honest.
+fn fast_probe() -> Probe {
+    Probe {
+        period_seconds: Some(1),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thaw_api::{PodTemplate, PodTemplateMetadata};
+
+    fn function(yaml: &str) -> Function {
+        let mut f: Function = serde_yaml::from_str(yaml).expect("function");
+        f.metadata.uid = Some("uid-1".into());
+        f
+    }
+
+    fn hello() -> Function {
+        function(
+            "apiVersion: thaw.dev/v1alpha1\nkind: Function\nmetadata: {name: hello, namespace: ns}\nspec: {image: hello:1}\n",
+        )
+    }
+
+    #[test]
+    fn pod_is_labelled_owned_and_named() {
+        let f = hello();
+        let pod = instance_pod(&f, "hello-abcde");
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some("hello-abcde"));
+        assert_eq!(meta.namespace.as_deref(), Some("ns"));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels[FUNCTION_LABEL], "hello");
+        assert_eq!(labels[SPEC_HASH_LABEL], spec_hash(&f.spec));
+        let owner = &meta.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.kind, "Function");
+        assert_eq!(owner.uid, "uid-1");
+        assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn container_gets_port_env_probe_and_restrictive_defaults() {
+        let pod = instance_pod(&hello(), "hello-abcde");
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(35));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("hello:1"));
+        let env = c.env.as_ref().expect("env");
+        assert!(
+            env.iter()
+                .any(|e| e.name == "PORT" && e.value.as_deref() == Some("8080"))
+        );
+        let probe = c.readiness_probe.as_ref().expect("probe");
+        assert_eq!(
+            probe.tcp_socket.as_ref().map(|t| t.port.clone()),
+            Some(IntOrString::Int(8080))
+        );
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let pod_sc = spec.security_context.expect("pod security context");
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn user_settings_reach_the_pod() {
+        let mut f = hello();
+        f.spec.readiness_path = Some("/healthz".into());
+        f.spec.port = 9000;
+        f.spec.command = Some(vec!["/bin/fn".into()]);
+        f.spec.env = Some(vec![EnvVar {
+            name: "A".into(),
+            value: Some("1".into()),
+            ..EnvVar::default()
+        }]);
+        f.spec.pod_template = Some(PodTemplate {
+            metadata: Some(PodTemplateMetadata {
+                labels: Some([("team".to_owned(), "x".to_owned())].into()),
+                annotations: Some([("note".to_owned(), "y".to_owned())].into()),
+            }),
+            container_security_context: Some(SecurityContext {
+                read_only_root_filesystem: Some(false),
+                ..SecurityContext::default()
+            }),
+            ..PodTemplate::default()
+        });
+        let pod = instance_pod(&f, "hello-abcde");
+        let labels = pod.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["team"], "x");
+        assert_eq!(labels[FUNCTION_LABEL], "hello");
+        assert_eq!(
+            pod.metadata.annotations.as_ref().expect("annotations")["note"],
+            "y"
+        );
+        let c = &pod.spec.as_ref().expect("spec").containers[0];
+        assert_eq!(c.command.as_deref(), Some(&["/bin/fn".to_owned()][..]));
+        let env = c.env.as_ref().expect("env");
+        assert!(
+            env.iter()
+                .any(|e| e.name == "PORT" && e.value.as_deref() == Some("9000"))
+        );
+        assert!(env.iter().any(|e| e.name == "A"));
+        let http = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("http probe");
+        assert_eq!(http.path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn spec_hash_ignores_scaling_but_not_image() {
+        let a = hello();
+        let mut b = hello();
+        b.spec.scaling.keep_alive = "1h".into();
+        b.spec.scaling.max_instances = 3;
+        assert_eq!(spec_hash(&a.spec), spec_hash(&b.spec));
+        b.spec.image = "hello:2".into();
+        assert_ne!(spec_hash(&a.spec), spec_hash(&b.spec));
+        assert_eq!(spec_hash(&a.spec).len(), 10);
+    }
+}

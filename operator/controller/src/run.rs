@@ -1,0 +1,263 @@
+//! `thaw operator`: leader election, the controller, the autoscaler's stats
+//! endpoint, metrics and health, and graceful shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use kube_lease_manager::LeaseManagerBuilder;
+use thaw_api::{Function, keys::FUNCTION_LABEL};
+use thaw_core::{Clock, FunctionKey, StatsStore, SystemClock, Tuning};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::{
+    context::{Config, Context},
+    error::Error,
+    http::{self, HttpState},
+    metrics::Metrics,
+    reconcile::{publish, reconcile},
+};
+
+/// How `thaw operator` runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: Config,
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/v1/stats` are served.
+    pub http_addr: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    pub lease_duration: Duration,
+    /// Only Functions in this namespace; every namespace when `None`.
+    pub watch_namespace: Option<String>,
+}
+
+/// Runs the operator until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    options: Options,
+    shutdown: BoxFuture<'static, ()>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let autoscaler = Arc::new(Mutex::new(StatsStore::new(Tuning::default(), clock.now())));
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel::<FunctionKey>();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let http_state = HttpState {
+        registry: metrics.registry.clone(),
+        autoscaler: autoscaler.clone(),
+        clock: clock.clone(),
+        wake: wake_tx,
+        ready: ready.clone(),
+    };
+    let http_stop = stopped(stop_rx.clone());
+    let http = tokio::spawn(http::serve(options.http_addr, http_state, http_stop));
+
+    let lease_seconds = options.lease_duration.as_secs().max(2);
+    let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+        .with_namespace(&options.lease_namespace)
+        .with_identity(&options.identity)
+        .with_duration(lease_seconds)
+        .with_grace(lease_seconds / 3)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    ready.store(true, Ordering::Relaxed);
+    info!(identity = %options.identity, "waiting for leadership");
+
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "thaw-controller".into(),
+                instance: Some(options.identity.clone()),
+            },
+        ),
+        metrics,
+        config: options.config.clone(),
+        pods,
+        autoscaler,
+        memory: Mutex::default(),
+        clock,
+    });
+
+    tokio::pin!(shutdown);
+    let mut wake_rx = Some(wake_rx);
+    let mut pod_writer = Some(pod_writer);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = leader.changed() => {
+                if changed.is_err() { break; }
+            }
+        }
+        if !*leader.borrow_and_update() {
+            continue;
+        }
+        info!(identity = %options.identity, "leading: starting the controller");
+        let (Some(wake), Some(writer)) = (wake_rx.take(), pod_writer.take()) else {
+            // The controller ran before and stopped on lost leadership: the
+            // process exits so a clean one takes over (it restarts quickly).
+            break;
+        };
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let mut lease = leader.clone();
+        let lost = async move {
+            while lease.changed().await.is_ok() {
+                if !*lease.borrow() {
+                    break;
+                }
+            }
+            let _ = lost_tx.send(true);
+        };
+        tokio::spawn(lost);
+        let controller = controller(
+            client.clone(),
+            options.watch_namespace.as_deref(),
+            ctx.clone(),
+            writer,
+            wake,
+            stopped(lost_rx),
+        );
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = controller => {
+                warn!("lost leadership: stopping");
+                break;
+            }
+        }
+    }
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("released the lease"),
+        Ok(Err(error)) => warn!(%error, "releasing the lease"),
+        Err(error) => warn!(%error, "lease task"),
+    }
+    http.await??;
+    Ok(())
+}
+
+/// A future that completes once `rx` turns true.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The controller over guarded Function watches and the instance pod cache.
+async fn controller(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    pod_writer: reflector::store::Writer<Pod>,
+    wake: mpsc::UnboundedReceiver<FunctionKey>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (functions, pods) = match namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<Function>>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let instance_pods = watcher::Config::default().labels(FUNCTION_LABEL);
+    // The cache reconciles read pods from; the controller's own watch of
+    // owned pods only triggers reconciles.
+    let cache = reflector::reflector(pod_writer, watcher(pods.clone(), instance_pods.clone()))
+        .default_backoff()
+        .for_each(|_| std::future::ready(()));
+    let cache = tokio::spawn(cache);
+    let mut wake = wake;
+    let wakeups = futures::stream::poll_fn(move |cx| wake.poll_recv(cx))
+        .map(|key| ObjectRef::new(&key.name).within(&key.namespace));
+    Controller::new(functions, watcher::Config::default().any_semantic())
+        .owns(pods, instance_pods)
+        .reconcile_on(wakeups)
+        .graceful_shutdown_on(stop)
+        .run(reconcile_guarded, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+    cache.abort();
+}
+
+/// Unwraps the guard: an object that does not decode is reported on itself
+/// and skipped, instead of wedging the watch for every other Function.
+async fn reconcile_guarded(
+    guard: Arc<DeserializeGuard<Function>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    // Never decide on a partial pod cache: that would duplicate instances.
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::MissingField("pod cache"))?;
+    match &guard.0 {
+        Ok(function) => reconcile(Arc::new(function.clone()), ctx).await,
+        Err(invalid) => {
+            warn!(name = ?invalid.metadata.name, error = %invalid.error, "undecodable Function");
+            let mut placeholder = Function::new(
+                invalid.metadata.name.as_deref().unwrap_or_default(),
+                serde_json::from_value(serde_json::json!({"image": "-"}))
+                    .map_err(|_| Error::MissingField("spec"))?,
+            );
+            placeholder.metadata = invalid.metadata.clone();
+            publish(
+                &ctx,
+                &placeholder,
+                EventType::Warning,
+                "InvalidSpec",
+                "Decode",
+                format!("cannot read this Function: {}", invalid.error),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<Function>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    let name = guard.0.as_ref().map(|f| f.name_any()).unwrap_or_default();
+    error!(function = %name, %error, "reconcile error");
+    Action::requeue(Duration::from_secs(2))
+}

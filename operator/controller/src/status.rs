@@ -1,0 +1,186 @@
+//! The Function's status, built by a pure function of what the controller
+//! observed and decided, then written by server-side apply.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use thaw_api::{FunctionStatus, InstanceCounts};
+use thaw_core::Counts;
+
+/// Why the Function cannot serve, when it cannot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trouble {
+    /// CamelCase reason, e.g. `ErrImagePull` or `InstancesFailing`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// Everything the status is built from.
+pub struct Observed<'a> {
+    pub generation: Option<i64>,
+    pub url: String,
+    pub counts: Counts,
+    pub desired: u32,
+    pub min_instances: u32,
+    pub last_request: Option<Timestamp>,
+    pub trouble: Option<Trouble>,
+    /// The status the API server has now, to keep unchanged conditions'
+    /// transition times.
+    pub previous: Option<&'a FunctionStatus>,
+    pub now: Timestamp,
+}
+
+/// The status for `observed`.
+pub fn build_status(observed: &Observed<'_>) -> FunctionStatus {
+    let counts = observed.counts;
+    let (status, reason, message) = match &observed.trouble {
+        Some(trouble) => ("False", trouble.reason.clone(), trouble.message.clone()),
+        None if counts.ready < observed.min_instances.min(observed.desired) => (
+            "False",
+            "InstancesStarting".to_owned(),
+            format!(
+                "{} of {} minimum instances ready",
+                counts.ready,
+                observed.min_instances.min(observed.desired)
+            ),
+        ),
+        None if counts.ready == 0 && counts.starting == 0 => (
+            "True",
+            "ScaledToZero".to_owned(),
+            "no instances; the next request starts one".to_owned(),
+        ),
+        None => (
+            "True",
+            "InstancesReady".to_owned(),
+            format!(
+                "{} ready ({} busy, {} idle), {} starting",
+                counts.ready, counts.busy, counts.idle, counts.starting
+            ),
+        ),
+    };
+    let ready = condition(observed, "Ready", status, &reason, &message);
+    FunctionStatus {
+        observed_generation: observed.generation,
+        conditions: vec![ready],
+        url: Some(observed.url.clone()),
+        instances: Some(InstanceCounts {
+            starting: to_i32(counts.starting),
+            ready: to_i32(counts.ready),
+            busy: to_i32(counts.busy),
+            idle: to_i32(counts.idle),
+            draining: to_i32(counts.draining),
+        }),
+        desired_instances: Some(to_i32(observed.desired)),
+        last_request_time: observed.last_request.map(Time),
+    }
+}
+
+fn condition(
+    observed: &Observed<'_>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    let previous = observed
+        .previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+    // The transition time moves only when the status flips.
+    let last_transition_time = match previous {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(observed.now),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: observed.generation,
+        last_transition_time,
+    }
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(counts: Counts, trouble: Option<Trouble>) -> Observed<'static> {
+        Observed {
+            generation: Some(3),
+            url: "http://f.ns.svc.cluster.local".into(),
+            counts,
+            desired: 2,
+            min_instances: 2,
+            last_request: None,
+            trouble,
+            previous: None,
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn ready_once_min_instances_are_ready() {
+        let starting = build_status(&observed(
+            Counts {
+                starting: 2,
+                ..Counts::default()
+            },
+            None,
+        ));
+        assert_eq!(starting.conditions[0].status, "False");
+        assert_eq!(starting.conditions[0].reason, "InstancesStarting");
+        let ready = build_status(&observed(
+            Counts {
+                ready: 2,
+                idle: 2,
+                ..Counts::default()
+            },
+            None,
+        ));
+        assert_eq!(ready.conditions[0].status, "True");
+        assert_eq!(ready.instances.expect("counts").ready, 2);
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(ready.desired_instances, Some(2));
+    }
+
+    #[test]
+    fn trouble_makes_it_not_ready_with_the_reason() {
+        let status = build_status(&observed(
+            Counts::default(),
+            Some(Trouble {
+                reason: "ErrImagePull".into(),
+                message: "image \"nope\" is not known".into(),
+            }),
+        ));
+        let c = &status.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ErrImagePull")
+        );
+        assert!(c.message.contains("nope"));
+    }
+
+    #[test]
+    fn transition_time_kept_while_status_unchanged() {
+        let mut first = observed(
+            Counts {
+                ready: 2,
+                ..Counts::default()
+            },
+            None,
+        );
+        let before = build_status(&first);
+        first.previous = Some(&before);
+        first.now = Timestamp::from_second(100).expect("time");
+        let after = build_status(&first);
+        assert_eq!(
+            after.conditions[0].last_transition_time,
+            before.conditions[0].last_transition_time
+        );
+    }
+}
