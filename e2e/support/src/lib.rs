@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod fixtures;
+pub mod http;
 pub mod process;
 pub mod wait;
 
