@@ -29,17 +29,23 @@ pub struct Cluster {
     kubeconfig: PathBuf,
 }
 
-static SHARED: OnceCell<Cluster> = OnceCell::const_new();
+/// The admin kubeconfig once the cluster is up. Only the path is shared:
+/// each `#[tokio::test]` has its own runtime, and a client made on one dies
+/// with it.
+static STARTED: OnceCell<PathBuf> = OnceCell::const_new();
 
 impl Cluster {
     /// The local cluster, started by `e2e/cluster/up.sh` unless it already
     /// runs (the script is idempotent and serialised with `flock`, so
-    /// concurrent test binaries start it once).
+    /// concurrent test binaries start it once), with a client on the
+    /// calling test's runtime.
     pub async fn shared() -> Result<Cluster> {
-        SHARED.get_or_try_init(Self::start).await.cloned()
+        let kubeconfig = STARTED.get_or_try_init(Self::start).await?.clone();
+        let client = client_from(&kubeconfig).await?;
+        Ok(Cluster { client, kubeconfig })
     }
 
-    async fn start() -> Result<Cluster> {
+    async fn start() -> Result<PathBuf> {
         let root = repo_root();
         let dir = std::env::var_os("THAW_CLUSTER_DIR")
             .map(PathBuf::from)
@@ -59,9 +65,7 @@ impl Cluster {
         if !status.success() {
             bail!("e2e/cluster/up.sh failed ({status}); see .cluster/logs");
         }
-        let kubeconfig = dir.join("kubeconfig");
-        let client = client_from(&kubeconfig).await?;
-        Ok(Cluster { client, kubeconfig })
+        Ok(dir.join("kubeconfig"))
     }
 
     /// A client with the cluster admin's credentials.

@@ -98,9 +98,7 @@ pub struct FunctionSpec {
 
     /// Port the function serves HTTP on; passed to it as `PORT`.
     #[serde(default = "default_port")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message(Message::Expression(
-        "'port must be between 1 and 65535, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
     pub port: i32,
 
     /// HTTP path probed before an instance receives traffic. When unset, an
@@ -124,9 +122,7 @@ pub struct FunctionSpec {
     /// Hard maximum of requests in flight on one instance: 1 (the default)
     /// serves one request at a time, as Lambda does; 0 means unlimited.
     #[serde(default = "default_concurrency")]
-    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message(Message::Expression(
-        "'concurrency must be between 0 (unlimited) and 1000, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("concurrency must be between 0 (unlimited) and 1000"))]
     pub concurrency: i32,
 
     /// Longest time one request may take, from the moment the activator
@@ -148,33 +144,23 @@ pub struct FunctionSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.maxInstances >= self.minInstances").message(Message::Expression(
-        "'maxInstances (' + string(self.maxInstances) + ') must not be below minInstances (' + string(self.minInstances) + ')'".into()
-    )),
-    validation = Rule::new("self.warmInstances <= self.maxInstances").message(Message::Expression(
-        "'warmInstances (' + string(self.warmInstances) + ') must not be above maxInstances (' + string(self.maxInstances) + ')'".into()
-    ))
+    validation = Rule::new("self.maxInstances >= self.minInstances").message("maxInstances must not be below minInstances"),
+    validation = Rule::new("self.warmInstances <= self.maxInstances").message("warmInstances must not be above maxInstances")
 )]
 pub struct Scaling {
     /// Instances kept running even with no traffic; 0 scales to zero.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message(Message::Expression(
-        "'minInstances must be between 0 and 1000, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("minInstances must be between 0 and 1000"))]
     pub min_instances: i32,
 
     /// Most instances the Function may have; requests beyond their capacity wait in the queue.
     #[serde(default = "default_max_instances")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message(Message::Expression(
-        "'maxInstances must be between 1 and 1000, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("maxInstances must be between 1 and 1000"))]
     pub max_instances: i32,
 
     /// Share of `concurrency` the autoscaler aims to use on each instance, in (0, 1].
     #[serde(default = "default_target")]
-    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message(Message::Expression(
-        "'target must be above 0 and at most 1, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("target must be above 0 and at most 1"))]
     pub target: f64,
 
     /// An instance with nothing in flight for this long is destroyed.
@@ -185,9 +171,7 @@ pub struct Scaling {
     /// Idle ready instances kept on top of the busy ones, so a burst of up
     /// to this many requests sees no cold start.
     #[serde(default)]
-    #[x_kube(validation = Rule::new("self >= 0").message(Message::Expression(
-        "'warmInstances must not be negative, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self >= 0").message("warmInstances must not be negative"))]
     pub warm_instances: i32,
 }
 
@@ -197,9 +181,7 @@ pub struct Scaling {
 pub struct Queue {
     /// Requests that may wait at once; more get 503 with Retry-After.
     #[serde(default = "default_max_pending")]
-    #[x_kube(validation = Rule::new("self >= 0 && self <= 10000").message(Message::Expression(
-        "'maxPending must be between 0 and 10000, not ' + string(self)".into()
-    )))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 10000").message("maxPending must be between 0 and 10000"))]
     pub max_pending: i32,
 
     /// Longest a request waits for an instance before it gets 503.
