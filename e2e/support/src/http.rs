@@ -27,12 +27,17 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str, timeout: Duration) ->
 }
 
 /// Sends `request` to `addr` over a new connection, within `timeout`.
-pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply> {
+pub async fn send(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Reply> {
     tokio::time::timeout(timeout, async {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let response = sender.send_request(request).await?;
         let status = response.status();

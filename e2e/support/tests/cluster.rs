@@ -3,7 +3,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::{Node, Pod}};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Node, Pod},
+};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, PostParams},
@@ -23,7 +26,10 @@ fn pod_ready(pod: &Pod) -> bool {
 #[tokio::test]
 async fn the_node_is_ready() {
     let cluster = Cluster::shared().await.expect("cluster");
-    let nodes = Api::<Node>::all(cluster.client()).list(&ListParams::default()).await.expect("nodes");
+    let nodes = Api::<Node>::all(cluster.client())
+        .list(&ListParams::default())
+        .await
+        .expect("nodes");
     let node = nodes.items.first().expect("a node");
     let ready = node
         .status
@@ -56,7 +62,9 @@ async fn a_pod_runs_answers_http_on_its_own_ip_and_stops_when_deleted() {
             }]}
         }))
         .expect("pod");
-        pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create pod");
         names.push(name);
     }
     let mut ips = Vec::new();
@@ -70,20 +78,28 @@ async fn a_pod_runs_answers_http_on_its_own_ip_and_stops_when_deleted() {
         .expect("pod ready");
         let ip = pod.status.and_then(|s| s.pod_ip).expect("pod IP");
         let addr: SocketAddr = format!("{ip}:8080").parse().expect("address");
-        let reply = http::get(addr, "hello", "/", Duration::from_secs(5)).await.expect("HTTP");
+        let reply = http::get(addr, "hello", "/", Duration::from_secs(5))
+            .await
+            .expect("HTTP");
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body, format!("hello from {name}\n"));
         ips.push(ip);
     }
     assert_ne!(ips[0], ips[1], "each pod has its own IP");
 
-    pods.delete("hello-a", &DeleteParams::default()).await.expect("delete");
-    wait_until("hello-a gone", WAIT, || async { Ok(pods.get_opt("hello-a").await?.is_none().then_some(())) })
+    pods.delete("hello-a", &DeleteParams::default())
         .await
-        .expect("pod removed");
+        .expect("delete");
+    wait_until("hello-a gone", WAIT, || async {
+        Ok(pods.get_opt("hello-a").await?.is_none().then_some(()))
+    })
+    .await
+    .expect("pod removed");
     let addr: SocketAddr = format!("{}:8080", ips[0]).parse().expect("address");
     assert!(
-        http::get(addr, "hello", "/", Duration::from_secs(2)).await.is_err(),
+        http::get(addr, "hello", "/", Duration::from_secs(2))
+            .await
+            .is_err(),
         "the deleted pod's process still answers"
     );
 }
@@ -98,7 +114,9 @@ async fn an_unknown_image_is_reported_as_a_failed_pull() {
         "spec": { "containers": [{ "name": "c", "image": "registry.invalid/nope:1" }] }
     }))
     .expect("pod");
-    pods.create(&PostParams::default(), &pod).await.expect("create");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
     let (reason, message) = wait_until("a failed pull", WAIT, || async {
         let pod = pods.get("nope").await?;
         let waiting = pod
@@ -111,7 +129,10 @@ async fn an_unknown_image_is_reported_as_a_failed_pull() {
     })
     .await
     .expect("waiting state");
-    assert!(reason == "ErrImagePull" || reason == "ImagePullBackOff", "{reason}");
+    assert!(
+        reason == "ErrImagePull" || reason == "ImagePullBackOff",
+        "{reason}"
+    );
     assert!(message.contains("registry.invalid/nope:1"), "{message}");
 }
 
@@ -136,7 +157,10 @@ async fn a_deployment_gets_its_replicas_and_they_are_garbage_collected() {
         }
     }))
     .expect("deployment");
-    deployments.create(&PostParams::default(), &deployment).await.expect("create");
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create");
     let pods = ns.api::<Pod>();
     wait_until("3 running replicas", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=web")).await?;
@@ -150,7 +174,10 @@ async fn a_deployment_gets_its_replicas_and_they_are_garbage_collected() {
     .await
     .expect("replicas running");
 
-    deployments.delete("web", &DeleteParams::background()).await.expect("delete");
+    deployments
+        .delete("web", &DeleteParams::background())
+        .await
+        .expect("delete");
     wait_until("the replicas garbage-collected", WAIT, || async {
         let list = pods.list(&ListParams::default().labels("app=web")).await?;
         Ok(list.items.is_empty().then_some(()))

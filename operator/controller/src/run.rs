@@ -27,7 +27,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_core::{Clock, FunctionKey, StatsStore, SystemClock, Tuning};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     context::{Config, Context},
@@ -205,8 +205,13 @@ async fn controller(
         .graceful_shutdown_on(stop)
         .run(reconcile_guarded, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+            match result {
+                Ok(_) => {}
+                // A wake-up for a Function deleted meanwhile.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    debug!(%object, "skipped a deleted Function");
+                }
+                Err(error) => warn!(%error, "reconcile failed"),
             }
         })
         .await;
