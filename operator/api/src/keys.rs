@@ -23,3 +23,8 @@ pub const EXPIRES_AT_ANNOTATION: &str = "thaw.dev/expires-at";
 
 /// Name of the function's container in an instance pod.
 pub const FUNCTION_CONTAINER: &str = "function";
+
+/// Annotation written once an instance is ready: its cold-start breakdown
+/// (decision to scheduled, to process started, to ready), as the controller
+/// observed it.
+pub const COLD_START_ANNOTATION: &str = "thaw.dev/cold-start";

@@ -1,6 +1,7 @@
 //! thaw's controller: reconciles each Function into a pool of instance pods
 //! that it creates and deletes one by one.
 
+pub mod coldstart;
 pub mod context;
 pub mod error;
 pub mod instance;

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::coldstart::Timeline;
+
 /// First delay before replacing a crashed instance; doubles per crash.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest delay between replacements.
@@ -33,6 +35,12 @@ pub struct FunctionMemory {
     pub next_attempt: Option<Instant>,
     /// The last crash, for the Ready condition.
     pub last_crash: Option<String>,
+    /// Cold starts under way, by pod.
+    pub timelines: HashMap<String, Timeline>,
+    /// The last decision that created, drained or deleted something, for
+    /// the `Scaling` condition (so the status changes with decisions, not
+    /// with every stats tick).
+    pub last_action: Option<String>,
 }
 
 impl FunctionMemory {
@@ -51,6 +59,9 @@ impl FunctionMemory {
         self.deleted
             .retain(|name, t| in_cache.contains(name) && fresh(t));
         self.counted_failures.retain(|name| in_cache.contains(name));
+        self.timelines.retain(|name, t| {
+            in_cache.contains(name) || now.saturating_duration_since(t.decided) < EXPECTATION_TTL
+        });
     }
 
     /// Records a crashed instance and pushes the next replacement back.

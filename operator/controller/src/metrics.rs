@@ -15,6 +15,9 @@ pub struct Metrics {
     pub desired: IntGaugeVec,
     pub decisions: IntCounterVec,
     pub instance_failures: IntCounterVec,
+    pub cold_start: HistogramVec,
+    pub panic: IntGaugeVec,
+    pub reaps: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +65,31 @@ impl Metrics {
             ),
             &["namespace", "function", "reason"],
         )?;
+        let cold_start = HistogramVec::new(
+            HistogramOpts::new(
+                "thaw_cold_start_phase_seconds",
+                "Cold-start phases of new instances: schedule (decision to scheduled), start (to process started), ready (to ready), total.",
+            )
+            .buckets(exponential_buckets(0.005, 2.0, 14)?),
+            &["namespace", "function", "phase"],
+        )?;
+        let panic = IntGaugeVec::new(
+            Opts::new(
+                "thaw_panic_mode",
+                "1 while the autoscaler panics for a function.",
+            ),
+            &["namespace", "function"],
+        )?;
+        let reaps = IntCounterVec::new(
+            Opts::new(
+                "thaw_reaps_total",
+                "Instances drained after their keep-alive.",
+            ),
+            &["namespace", "function"],
+        )?;
+        registry.register(Box::new(cold_start.clone()))?;
+        registry.register(Box::new(panic.clone()))?;
+        registry.register(Box::new(reaps.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
@@ -78,6 +106,9 @@ impl Metrics {
             desired,
             decisions,
             instance_failures,
+            cold_start,
+            panic,
+            reaps,
         })
     }
 }

@@ -25,13 +25,15 @@ use serde_json::json;
 use thaw_api::{
     Function, FunctionStatus,
     keys::{
-        DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL, IDLE_SINCE_ANNOTATION,
+        COLD_START_ANNOTATION, DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL,
+        IDLE_SINCE_ANNOTATION,
     },
 };
 use thaw_core::{Decision, FunctionKey, Phase, Settings};
 use tracing::{info, warn};
 
 use crate::{
+    coldstart::{Breakdown, Timeline},
     context::{Context, FIELD_MANAGER},
     error::Error,
     instance::{Instance, InstanceState, classify},
@@ -56,6 +58,10 @@ struct Plan {
     crashed: Vec<String>,
     trouble: Option<Trouble>,
     backoff: Option<Duration>,
+    /// Instances that became ready since the last reconcile, with their breakdown.
+    cold_starts: Vec<(String, Breakdown)>,
+    /// The last decision that acted, for the `Scaling` condition.
+    last_action: Option<String>,
 }
 
 /// Brings one Function's pool, Service and status in line with its spec and
@@ -85,7 +91,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     let pods = owned_pods(&ctx, &function, &namespace, &name);
     let hash = spec_hash(&function.spec);
     let instances: Vec<Instance> = pods.iter().map(|p| classify(p, &hash)).collect();
-    let plan = plan(&ctx, &function, &key, &instances, now, wall);
+    let plan = plan(&ctx, &function, &key, &instances, &pods, now, wall);
 
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for pod in &plan.crashed {
@@ -95,6 +101,12 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         create_pod(&ctx, &function, &pod_api, &key, &plan.decision.summary, now).await?;
     }
     for action in &plan.decision.drain {
+        if matches!(action.reason, thaw_core::Reason::KeepAlive { .. }) {
+            ctx.metrics
+                .reaps
+                .with_label_values(&[&namespace, &name])
+                .inc();
+        }
         drain_pod(
             &ctx,
             &function,
@@ -127,6 +139,9 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
             action.to_string(),
         )
         .await;
+    }
+    for (pod, breakdown) in &plan.cold_starts {
+        record_cold_start(&ctx, &function, &pod_api, &key, pod, breakdown).await?;
     }
     annotate_expiries(&pod_api, &pods, &plan.decision, now, wall).await?;
     apply_service(&ctx, &function, &namespace, &name).await?;
@@ -169,6 +184,7 @@ fn plan(
     function: &Function,
     key: &FunctionKey,
     instances: &[Instance],
+    pods: &[Arc<Pod>],
     now: Instant,
     wall: Timestamp,
 ) -> Plan {
@@ -210,6 +226,20 @@ fn plan(
         memory.reset_crashes();
     }
 
+    let mut cold_starts = Vec::new();
+    for pod in pods {
+        let Some(name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        if let Some(timeline) = memory.timelines.get_mut(name) {
+            timeline.observe(pod, now);
+            if let Some(breakdown) = timeline.breakdown() {
+                cold_starts.push((name.to_owned(), breakdown));
+                memory.timelines.remove(name);
+            }
+        }
+    }
+
     let pool = core_pool(instances, memory, now, wall);
     let settings = settings(function);
     let decision = ctx.autoscaler().decide(key, &settings, &pool, now);
@@ -241,6 +271,8 @@ fn plan(
         crashed,
         trouble,
         backoff,
+        cold_starts,
+        last_action: memory.last_action.clone(),
     }
 }
 
@@ -362,11 +394,14 @@ async fn create_pod(
         pod: pod_name.clone(),
         source,
     })?;
-    ctx.memory()
-        .entry(key.clone())
-        .or_default()
-        .created
-        .insert(pod_name.clone(), now);
+    {
+        let mut memory = ctx.memory();
+        let memory = memory.entry(key.clone()).or_default();
+        memory.created.insert(pod_name.clone(), now);
+        memory
+            .timelines
+            .insert(pod_name.clone(), Timeline::new(now));
+    }
     ctx.metrics
         .decisions
         .with_label_values(&[&key.namespace, &key.name, "create"])
@@ -464,6 +499,54 @@ async fn delete_pod(
             })
         }
     }
+}
+
+/// Records a finished cold start: histograms, an annotation on the
+/// instance and an event.
+async fn record_cold_start(
+    ctx: &Context,
+    function: &Function,
+    api: &Api<Pod>,
+    key: &FunctionKey,
+    pod: &str,
+    breakdown: &Breakdown,
+) -> Result<(), Error> {
+    for (phase, d) in [
+        ("schedule", breakdown.schedule),
+        ("start", breakdown.start),
+        ("ready", breakdown.ready),
+        ("total", breakdown.total),
+    ] {
+        ctx.metrics
+            .cold_start
+            .with_label_values(&[&key.namespace, &key.name, phase])
+            .observe(d.as_secs_f64());
+    }
+    let patch =
+        json!({ "metadata": { "annotations": { COLD_START_ANNOTATION: breakdown.to_string() }}});
+    match api
+        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(source) => {
+            return Err(Error::AnnotatePod {
+                pod: pod.to_owned(),
+                source,
+            });
+        }
+    }
+    publish(
+        ctx,
+        function,
+        EventType::Normal,
+        "InstanceReady",
+        "ColdStart",
+        format!("instance {pod} {breakdown}"),
+    )
+    .await;
+    Ok(())
 }
 
 /// Writes `thaw.dev/idle-since` and `thaw.dev/expires-at` on each ready
@@ -580,6 +663,8 @@ async fn apply_status(
                 .and_then(|s| s.last_request_time.as_ref().map(|t| t.0))
         }),
         trouble: plan.trouble.clone(),
+        scaling: plan.last_action.clone(),
+        panic: plan.decision.panic,
         previous: function.status.as_ref(),
         now: wall,
     });
@@ -619,6 +704,10 @@ fn record_gauges(ctx: &Context, namespace: &str, name: &str, decision: &Decision
         .desired
         .with_label_values(&[namespace, name])
         .set(i64::from(decision.desired));
+    ctx.metrics
+        .panic
+        .with_label_values(&[namespace, name])
+        .set(i64::from(decision.panic));
 }
 
 /// Publishes an event about the Function; a failure to publish is logged,

@@ -51,6 +51,10 @@ pub struct Options {
     pub lease_duration: Duration,
     /// Only Functions in this namespace; every namespace when `None`.
     pub watch_namespace: Option<String>,
+    /// Label selector of the activator pods in the lease namespace. Each one
+    /// seen running is expected to report: until it does (or is forgotten),
+    /// no instance is reaped, since it may carry requests.
+    pub activator_selector: Option<String>,
 }
 
 /// Runs the operator until `shutdown` completes.
@@ -85,6 +89,15 @@ pub async fn run(
         .build()
         .await?;
     let (mut leader, lease_task) = manager.watch().await;
+    if let Some(selector) = &options.activator_selector {
+        let pods = Api::<Pod>::namespaced(client.clone(), &options.lease_namespace);
+        tokio::spawn(expect_activators(
+            pods,
+            selector.clone(),
+            autoscaler.clone(),
+            clock.clone(),
+        ));
+    }
     ready.store(true, Ordering::Relaxed);
     info!(identity = %options.identity, "waiting for leadership");
 
@@ -162,6 +175,32 @@ pub async fn run(
     }
     http.await??;
     Ok(())
+}
+
+/// Registers every running activator pod with the autoscaler.
+async fn expect_activators(
+    pods: Api<Pod>,
+    selector: String,
+    autoscaler: Arc<Mutex<StatsStore>>,
+    clock: Arc<dyn Clock>,
+) {
+    watcher(pods, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|pod| {
+            if let Ok(pod) = pod {
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                if running && pod.metadata.deletion_timestamp.is_none() {
+                    autoscaler
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .expect_activator(pod.name_any(), clock.now());
+                }
+            }
+            std::future::ready(())
+        })
+        .await;
 }
 
 /// A future that completes once `rx` turns true.

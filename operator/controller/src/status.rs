@@ -25,6 +25,9 @@ pub struct Observed<'a> {
     pub min_instances: u32,
     pub last_request: Option<Timestamp>,
     pub trouble: Option<Trouble>,
+    /// The last decision that created, drained or deleted an instance.
+    pub scaling: Option<String>,
+    pub panic: bool,
     /// The status the API server has now, to keep unchanged conditions'
     /// transition times.
     pub previous: Option<&'a FunctionStatus>,
@@ -60,9 +63,10 @@ pub fn build_status(observed: &Observed<'_>) -> FunctionStatus {
         ),
     };
     let ready = condition(observed, "Ready", status, &reason, &message);
+    let scaling = scaling_condition(observed);
     FunctionStatus {
         observed_generation: observed.generation,
-        conditions: vec![ready],
+        conditions: vec![ready, scaling],
         url: Some(observed.url.clone()),
         instances: Some(InstanceCounts {
             starting: to_i32(counts.starting),
@@ -74,6 +78,32 @@ pub fn build_status(observed: &Observed<'_>) -> FunctionStatus {
         desired_instances: Some(to_i32(observed.desired)),
         last_request_time: observed.last_request.map(Time),
     }
+}
+
+/// `Scaling`: True while instances are being added or removed, with the
+/// last decision that acted and its reason as the message.
+fn scaling_condition(observed: &Observed<'_>) -> Condition {
+    let counts = observed.counts;
+    let live = counts.starting + counts.ready;
+    let (status, reason) = if observed.panic {
+        ("True", "Panic")
+    } else if live < observed.desired || counts.starting > 0 {
+        ("True", "ScalingUp")
+    } else if counts.draining > 0 || live > observed.desired {
+        ("True", "ScalingDown")
+    } else {
+        ("False", "Steady")
+    };
+    let previous = observed
+        .previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Scaling"))
+        .map(|c| c.message.clone());
+    let message = observed
+        .scaling
+        .clone()
+        .or(previous)
+        .unwrap_or_else(|| "no scaling decision yet".to_owned());
+    condition(observed, "Scaling", status, reason, &message)
 }
 
 fn condition(
@@ -118,6 +148,8 @@ mod tests {
             min_instances: 2,
             last_request: None,
             trouble,
+            scaling: None,
+            panic: false,
             previous: None,
             now: Timestamp::UNIX_EPOCH,
         }
@@ -163,6 +195,52 @@ mod tests {
             ("False", "ErrImagePull")
         );
         assert!(c.message.contains("nope"));
+    }
+
+    #[test]
+    fn scaling_condition_carries_the_last_acting_decision() {
+        let mut o = observed(
+            Counts {
+                starting: 1,
+                ready: 1,
+                idle: 1,
+                ..Counts::default()
+            },
+            None,
+        );
+        o.scaling = Some("scaled 0 -> 2: minInstances 2".into());
+        let status = build_status(&o);
+        let scaling = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scaling")
+            .expect("Scaling");
+        assert_eq!(
+            (scaling.status.as_str(), scaling.reason.as_str()),
+            ("True", "ScalingUp")
+        );
+        assert_eq!(scaling.message, "scaled 0 -> 2: minInstances 2");
+        // Steady, and the operator restarted: the message survives from the previous status.
+        let mut steady = observed(
+            Counts {
+                ready: 2,
+                idle: 2,
+                ..Counts::default()
+            },
+            None,
+        );
+        steady.previous = Some(&status);
+        let after = build_status(&steady);
+        let scaling = after
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Scaling")
+            .expect("Scaling");
+        assert_eq!(
+            (scaling.status.as_str(), scaling.reason.as_str()),
+            ("False", "Steady")
+        );
+        assert_eq!(scaling.message, "scaled 0 -> 2: minInstances 2");
     }
 
     #[test]

@@ -78,6 +78,10 @@ struct OperatorArgs {
     /// Watch only this namespace's Functions (all namespaces when unset).
     #[arg(long, env = "THAW_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Label selector of the activator pods (in the lease namespace); each
+    /// running one must report before any instance is reaped.
+    #[arg(long, env = "THAW_ACTIVATOR_SELECTOR")]
+    activator_selector: Option<String>,
 }
 
 #[tokio::main]
@@ -126,6 +130,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         identity,
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
         watch_namespace: args.watch_namespace,
+        activator_selector: args.activator_selector,
     };
     thaw_controller::run::run(client, options, shutdown_signal()?.boxed()).await
 }
