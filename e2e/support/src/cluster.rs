@@ -46,6 +46,9 @@ impl Cluster {
     }
 
     async fn start() -> Result<PathBuf> {
+        if let Some(kubeconfig) = provided_kubeconfig()? {
+            return Ok(kubeconfig);
+        }
         let root = repo_root();
         let dir = std::env::var_os("THAW_CLUSTER_DIR")
             .map(PathBuf::from)
@@ -134,6 +137,27 @@ impl Cluster {
             },
         )
         .await
+    }
+}
+
+/// The cluster provider, from `THAW_E2E_PROVIDER`: `local` (the default)
+/// starts the local cluster; `kind` means a cluster someone else started
+/// (`e2e/kind/run.sh`), reached through the current kubeconfig
+/// (`$KUBECONFIG`, else `~/.kube/config`), which is returned.
+fn provided_kubeconfig() -> Result<Option<PathBuf>> {
+    match std::env::var("THAW_E2E_PROVIDER")
+        .unwrap_or_default()
+        .as_str()
+    {
+        "" | "local" => Ok(None),
+        "kind" => {
+            let path = std::env::var_os("KUBECONFIG")
+                .and_then(|paths| std::env::split_paths(&paths).next())
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".kube/config")))
+                .context("THAW_E2E_PROVIDER=kind needs $KUBECONFIG or $HOME")?;
+            Ok(Some(path))
+        }
+        other => bail!("THAW_E2E_PROVIDER={other}: expected `local` or `kind`"),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod fixtures;
 pub mod http;
+pub mod install;
 pub mod process;
 pub mod wait;
 

@@ -3,7 +3,7 @@
 
 use std::{
     net::TcpListener,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -38,10 +38,39 @@ impl Operator {
     /// Starts `thaw operator` watching only `namespace`, with its Lease
     /// there too, so parallel tests each have their own operator.
     pub fn start(cluster: &Cluster, namespace: &str, identity: &str) -> Result<Operator> {
+        let args = [
+            "--lease-namespace",
+            namespace,
+            "--watch-namespace",
+            namespace,
+            "--identity",
+            identity,
+            "--lease-duration-seconds",
+            "4",
+        ]
+        .map(String::from);
+        Self::start_args(
+            cluster.kubeconfig(),
+            &format!("{namespace}-{identity}"),
+            identity,
+            &args,
+        )
+    }
+
+    /// Starts `thaw operator` with `kubeconfig`'s credentials (the admin's,
+    /// or a ServiceAccount token's) and `args`: every flag but
+    /// `--kubeconfig` and `--http-addr`, which this sets. It logs to
+    /// `.cluster/logs/tests/<log_name>.log`.
+    pub fn start_args(
+        kubeconfig: &Path,
+        log_name: &str,
+        identity: &str,
+        args: &[String],
+    ) -> Result<Operator> {
         let http_port = free_port()?;
         let log_dir = repo_root().join(".cluster/logs/tests");
         std::fs::create_dir_all(&log_dir)?;
-        let log = log_dir.join(format!("{namespace}-{identity}.log"));
+        let log = log_dir.join(format!("{log_name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,12 +78,9 @@ impl Operator {
         let child = Command::new(thaw_binary())
             .arg("operator")
             .arg("--kubeconfig")
-            .arg(cluster.kubeconfig())
+            .arg(kubeconfig)
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(["--lease-namespace", namespace])
-            .args(["--watch-namespace", namespace])
-            .args(["--identity", identity])
-            .args(["--lease-duration-seconds", "4"])
+            .args(args)
             .env("RUST_LOG", "info,thaw_controller=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -145,6 +145,33 @@ async fn min_instances_are_created_owned_and_reported() {
     );
     assert_eq!(status.observed_generation, function.metadata.generation);
 
+    let scaling = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scaling")
+        .expect("Scaling condition");
+    assert_eq!(scaling.message, "scaled 0 -> 2: minInstances 2");
+
+    // Each instance shows its cold-start breakdown, and that minInstances keeps it.
+    wait_until(
+        "cold-start and kept annotations on both instances",
+        WAIT,
+        || async {
+            let pods = instance_pods(&ns, "hello").await?;
+            let annotated = pods.iter().all(|p| {
+                let a = p.metadata.annotations.clone().unwrap_or_default();
+                a.get("thaw.dev/cold-start")
+                    .is_some_and(|c| c.starts_with("ready ") && c.contains("scheduled in"))
+                    && a.get("thaw.dev/kept").map(String::as_str) == Some("kept by minInstances")
+                    && a.contains_key("thaw.dev/idle-since")
+                    && !a.contains_key("thaw.dev/expires-at")
+            });
+            Ok((pods.len() == 2 && annotated).then_some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log()));
+
     let service = ns.api::<Service>().get("hello").await.expect("service");
     let spec = service.spec.expect("service spec");
     assert_eq!(spec.type_.as_deref(), Some("ExternalName"));

@@ -28,3 +28,7 @@ pub const FUNCTION_CONTAINER: &str = "function";
 /// (decision to scheduled, to process started, to ready), as the controller
 /// observed it.
 pub const COLD_START_ANNOTATION: &str = "thaw.dev/cold-start";
+
+/// Annotation on an idle instance that will not expire for now, saying what
+/// keeps it (for example `kept by minInstances`).
+pub const KEPT_ANNOTATION: &str = "thaw.dev/kept";

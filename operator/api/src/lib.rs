@@ -9,6 +9,7 @@
 pub mod crd;
 pub mod duration;
 pub mod function;
+pub mod hash;
 pub mod keys;
 
 pub use duration::GoDuration;
@@ -16,3 +17,4 @@ pub use function::{
     Function, FunctionSpec, FunctionStatus, InstanceCounts, PodTemplate, PodTemplateMetadata,
     Queue, Scaling,
 };
+pub use hash::spec_hash;

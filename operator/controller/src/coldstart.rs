@@ -79,12 +79,17 @@ impl std::fmt::Display for Breakdown {
         write!(
             f,
             "ready {} after the decision: scheduled in {}, process started {} later, ready {} after that",
-            GoStyle(self.total),
-            GoStyle(self.schedule),
-            GoStyle(self.start),
-            GoStyle(self.ready)
+            GoStyle(to_millis(self.total)),
+            GoStyle(to_millis(self.schedule)),
+            GoStyle(to_millis(self.start)),
+            GoStyle(to_millis(self.ready))
         )
     }
+}
+
+/// Watch latency makes anything finer than a millisecond noise.
+fn to_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -41,13 +41,19 @@ pub struct HttpState {
 
 type Body = Full<Bytes>;
 
+/// Binds the endpoint's address, so a taken port fails the start at once.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))
+}
+
 /// Serves until `shutdown` completes, then lets open requests finish.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);

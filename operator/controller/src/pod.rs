@@ -11,7 +11,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::{Resource, api::ObjectMeta};
-use sha2::{Digest, Sha256};
+pub use thaw_api::spec_hash;
 use thaw_api::{
     Function, FunctionSpec,
     keys::{FUNCTION_CONTAINER, FUNCTION_LABEL, SPEC_HASH_LABEL},
@@ -20,27 +20,6 @@ use thaw_api::{
 /// Seconds a pod gets after SIGTERM on top of the request timeout, so a
 /// request admitted just before deletion can still finish.
 const SHUTDOWN_MARGIN_SECONDS: i64 = 5;
-
-/// Hash of the spec fields an instance pod is built from. Scaling and queue
-/// settings are left out: changing `keepAlive` must not replace instances.
-/// SHA-256, not std's hasher, because it must stay stable across releases
-/// (a different hash would roll every instance on an operator upgrade).
-pub fn spec_hash(spec: &FunctionSpec) -> String {
-    let pod_fields = serde_json::json!({
-        "image": spec.image,
-        "command": spec.command,
-        "args": spec.args,
-        "env": spec.env,
-        "resources": spec.resources,
-        "port": spec.port,
-        "readinessPath": spec.readiness_path,
-        "serviceAccountName": spec.service_account_name,
-        "podTemplate": spec.pod_template,
-        "timeout": spec.timeout,
-    });
-    let digest = Sha256::digest(pod_fields.to_string().as_bytes());
-    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
-}
 
 /// The labels that select a Function's instance pods.
 pub fn selector_labels(function_name: &str) -> BTreeMap<String, String> {

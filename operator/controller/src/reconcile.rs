@@ -26,7 +26,7 @@ use thaw_api::{
     Function, FunctionStatus,
     keys::{
         COLD_START_ANNOTATION, DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL,
-        IDLE_SINCE_ANNOTATION,
+        IDLE_SINCE_ANNOTATION, KEPT_ANNOTATION,
     },
 };
 use thaw_core::{Decision, FunctionKey, Phase, Settings};
@@ -249,6 +249,9 @@ fn plan(
     } else {
         decision.create
     };
+    if create > 0 || !decision.drain.is_empty() || !decision.delete.is_empty() {
+        memory.last_action = Some(decision.summary.clone());
+    }
     let trouble = if any_ready {
         None
     } else if let Some(stuck) = stuck {
@@ -549,8 +552,9 @@ async fn record_cold_start(
     Ok(())
 }
 
-/// Writes `thaw.dev/idle-since` and `thaw.dev/expires-at` on each ready
-/// instance when they change, and removes them while it is busy.
+/// Writes `thaw.dev/idle-since` and `thaw.dev/expires-at` (or, for an idle
+/// instance a floor keeps, `thaw.dev/kept`) on each ready instance when they
+/// change, and removes them while it is busy.
 async fn annotate_expiries(
     api: &Api<Pod>,
     pods: &[Arc<Pod>],
@@ -570,14 +574,20 @@ async fn annotate_expiries(
         let wanted = |at: Option<Instant>| at.map(|at| round_to_second(wall_at(at, now, wall)));
         let idle_since = wanted(expiry.idle_since);
         let expires_at = wanted(expiry.expires_at);
+        let kept = expiry
+            .held
+            .filter(|_| expiry.idle_since.is_some())
+            .map(|hold| hold.to_string());
         if close_enough(current.get(IDLE_SINCE_ANNOTATION), idle_since)
             && close_enough(current.get(EXPIRES_AT_ANNOTATION), expires_at)
+            && current.get(KEPT_ANNOTATION) == kept.as_ref()
         {
             continue;
         }
         let patch = json!({ "metadata": { "annotations": {
             IDLE_SINCE_ANNOTATION: idle_since.map(|t| t.to_string()),
             EXPIRES_AT_ANNOTATION: expires_at.map(|t| t.to_string()),
+            KEPT_ANNOTATION: kept,
         }}});
         match api
             .patch(

@@ -78,7 +78,8 @@ pub async fn run(
         ready: ready.clone(),
     };
     let http_stop = stopped(stop_rx.clone());
-    let http = tokio::spawn(http::serve(options.http_addr, http_state, http_stop));
+    let listener = http::bind(options.http_addr).await?;
+    let http = tokio::spawn(http::serve(listener, http_state, http_stop));
 
     let lease_seconds = options.lease_duration.as_secs().max(2);
     let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
@@ -119,12 +120,15 @@ pub async fn run(
         clock,
     });
 
-    tokio::pin!(shutdown);
-    let mut wake_rx = Some(wake_rx);
-    let mut pod_writer = Some(pod_writer);
+    // One stop signal for everything: SIGTERM, or losing the Lease.
+    let stop_on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_on_signal.send(true);
+    });
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = stopped(stop_rx.clone()) => break,
             changed = leader.changed() => {
                 if changed.is_err() { break; }
             }
@@ -133,37 +137,31 @@ pub async fn run(
             continue;
         }
         info!(identity = %options.identity, "leading: starting the controller");
-        let (Some(wake), Some(writer)) = (wake_rx.take(), pod_writer.take()) else {
-            // The controller ran before and stopped on lost leadership: the
-            // process exits so a clean one takes over (it restarts quickly).
-            break;
-        };
-        let (lost_tx, lost_rx) = watch::channel(false);
         let mut lease = leader.clone();
-        let lost = async move {
+        let lost_leadership = stop_tx.clone();
+        let lost = tokio::spawn(async move {
             while lease.changed().await.is_ok() {
                 if !*lease.borrow() {
+                    warn!("lost leadership: stopping");
+                    let _ = lost_leadership.send(true);
                     break;
                 }
             }
-            let _ = lost_tx.send(true);
-        };
-        tokio::spawn(lost);
-        let controller = controller(
+        });
+        // Returns once the stop signal has let every running reconcile
+        // finish. The process then exits: a replica that lost the Lease
+        // restarts clean rather than resuming with stale memory.
+        controller(
             client.clone(),
             options.watch_namespace.as_deref(),
             ctx.clone(),
-            writer,
-            wake,
-            stopped(lost_rx),
-        );
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = controller => {
-                warn!("lost leadership: stopping");
-                break;
-            }
-        }
+            pod_writer,
+            wake_rx,
+            stopped(stop_rx.clone()),
+        )
+        .await;
+        lost.abort();
+        break;
     }
     info!("shutting down");
     let _ = stop_tx.send(true);

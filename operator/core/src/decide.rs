@@ -227,7 +227,7 @@ pub struct Expiry {
     /// in the future while an activator is silent (see the docs).
     pub idle_since: Option<Instant>,
     /// `idle_since + keep_alive`: when it is destroyed unless a request
-    /// comes or `held` keeps it. `None` while busy.
+    /// comes. `None` while busy, and while `held` keeps it.
     pub expires_at: Option<Instant>,
     /// Set when it is past `expires_at` but kept.
     pub held: Option<Hold>,
@@ -335,6 +335,17 @@ struct Ready<'a> {
     busy: bool,
     idle_since: Instant,
     expires_at: Instant,
+}
+
+/// Which idle instance goes first: outdated before current, then the
+/// longest idle, then the oldest.
+fn reap_order(a: &Ready<'_>, b: &Ready<'_>) -> std::cmp::Ordering {
+    a.instance
+        .current
+        .cmp(&b.instance.current)
+        .then(a.idle_since.cmp(&b.idle_since))
+        .then(a.instance.created.cmp(&b.instance.created))
+        .then(a.instance.id.cmp(&b.instance.id))
 }
 
 /// Decides what to do with one Function at `now`; see the crate docs and
@@ -517,14 +528,7 @@ pub fn decide(
         .iter()
         .filter(|r| !r.busy && r.expires_at <= now)
         .collect();
-    expired.sort_by(|a, b| {
-        a.instance
-            .current
-            .cmp(&b.instance.current)
-            .then(a.idle_since.cmp(&b.idle_since))
-            .then(a.instance.created.cmp(&b.instance.created))
-            .then(a.instance.id.cmp(&b.instance.id))
-    });
+    expired.sort_by(|a, b| reap_order(a, b));
     let mut reaped = BTreeSet::new();
     let mut holds = Vec::new();
     for r in expired {
@@ -577,19 +581,41 @@ pub fn decide(
         }
     }
 
+    // Idle instances not yet expired that the floor will keep anyway: the
+    // ones after the first `allowed` in reap order. They get no expiry, so
+    // nobody is told an instance kept by minInstances will be destroyed.
+    let mut waiting_to_expire: Vec<&&Ready<'_>> = serving
+        .iter()
+        .filter(|r| !r.busy && r.expires_at > now)
+        .collect();
+    waiting_to_expire.sort_by(|a, b| reap_order(a, b));
+    for r in waiting_to_expire
+        .into_iter()
+        .skip(usize::try_from(allowed).unwrap_or(usize::MAX))
+    {
+        if !matches!(floor_hold, Hold::Demand) {
+            holds.push((r.instance.id.as_str(), floor_hold));
+        }
+    }
+
     // Expiries of the ready instances that stay.
     let expiries: Vec<Expiry> = serving
         .iter()
         .filter(|r| !reaped.contains(r.instance.id.as_str()))
-        .map(|r| Expiry {
-            instance: r.instance.id.clone(),
-            in_flight: r.in_flight,
-            idle_since: (!r.busy).then_some(r.idle_since),
-            expires_at: (!r.busy).then_some(r.expires_at),
-            held: holds
+        .map(|r| {
+            let held = holds
                 .iter()
                 .find(|(id, _)| *id == r.instance.id)
-                .map(|(_, hold)| *hold),
+                .map(|(_, hold)| *hold);
+            Expiry {
+                instance: r.instance.id.clone(),
+                in_flight: r.in_flight,
+                idle_since: (!r.busy).then_some(r.idle_since),
+                // A held instance is not destroyed at its expiry: saying it
+                // would be would mislead whoever reads the annotation.
+                expires_at: (!r.busy && held.is_none()).then_some(r.expires_at),
+                held,
+            }
         })
         .collect();
 

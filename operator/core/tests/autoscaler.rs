@@ -591,8 +591,31 @@ fn min_instances_keep_instances_past_keep_alive() {
     assert_eq!(drained(&d), ["hello-a"], "longest idle goes, one stays");
     let b = expiry(&d, "hello-b");
     assert_eq!(b.held, Some(Hold::MinInstances));
-    assert_eq!(b.expires_at, Some(t + SEC + secs(10)));
+    assert_eq!(
+        b.expires_at, None,
+        "a kept instance is not announced as expiring"
+    );
     assert_eq!(d.next_wakeup, None, "nothing changes without new stats");
+}
+
+#[test]
+fn an_instance_the_floor_keeps_has_no_expiry_even_before_keep_alive() {
+    let mut sim = Sim::new(Settings {
+        min_instances: 1,
+        keep_alive: secs(10),
+        ..settings()
+    });
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.add_ready("hello-b", t + SEC);
+    sim.report_idle("act-a", &[("hello-a", t), ("hello-b", t + SEC)], 0.0);
+    let d = sim.decide();
+    // hello-a goes first at its expiry; hello-b is the one minInstances keeps.
+    let a = expiry(&d, "hello-a");
+    assert_eq!((a.held, a.expires_at), (None, Some(t + secs(10))));
+    let b = expiry(&d, "hello-b");
+    assert_eq!((b.held, b.expires_at), (Some(Hold::MinInstances), None));
+    assert_eq!(b.idle_since, Some(t + SEC));
 }
 
 #[test]

@@ -1,0 +1,216 @@
+//! The install path in tests: Helm releases of `charts/thaw` on the test
+//! cluster, and kubeconfigs carrying a ServiceAccount's token, so thaw's
+//! components run with exactly the RBAC the chart grants and the API server
+//! enforces it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+};
+use kube::{Api, Client, api::PostParams};
+use serde_json::{Value, json};
+
+use crate::{Cluster, cluster::client_from, fixtures::repo_root};
+
+/// The chart.
+pub fn chart_dir() -> PathBuf {
+    repo_root().join("charts/thaw")
+}
+
+/// helm: `$THAW_HELM`, else the one `make tools` builds into the cache, else
+/// `helm` on `PATH` (kind and CI).
+pub fn helm_binary() -> PathBuf {
+    if let Some(helm) = std::env::var_os("THAW_HELM") {
+        return PathBuf::from(helm);
+    }
+    let version = std::fs::read_to_string(repo_root().join("e2e/versions.env"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("HELM_VERSION=").map(str::to_owned))
+        .unwrap_or_default();
+    let cache = std::env::var_os("THAW_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/thaw")))
+        .unwrap_or_default();
+    let built = cache.join(format!("helm-{version}/bin/helm"));
+    if built.is_file() {
+        built
+    } else {
+        PathBuf::from("helm")
+    }
+}
+
+/// Runs helm against the cluster of `kubeconfig`; fails with its output.
+pub async fn helm(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let output = tokio::process::Command::new(helm_binary())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .with_context(|| format!("running {}", helm_binary().display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "helm {} failed ({}): {}{}",
+            args.join(" "),
+            output.status,
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// A Helm release of the chart, uninstalled when dropped (its ClusterRoles
+/// and bindings are cluster-wide, so they must not outlive the test).
+pub struct Release {
+    /// The release name; it contains `thaw`, so objects are named
+    /// `<name>-operator` and `<name>-activator`.
+    pub name: String,
+    pub namespace: String,
+    kubeconfig: PathBuf,
+}
+
+impl Release {
+    /// `helm install <name> charts/thaw --namespace <namespace>` with
+    /// `--set` values. `name` must contain `thaw` (the chart's full name is
+    /// then the release name).
+    pub async fn install(
+        cluster: &Cluster,
+        name: &str,
+        namespace: &str,
+        set: &[&str],
+    ) -> Result<Release> {
+        if !name.contains("thaw") {
+            bail!("release name {name} must contain `thaw`");
+        }
+        let chart = chart_dir();
+        let chart = chart.to_string_lossy();
+        let mut args = vec!["install", name, &chart, "--namespace", namespace];
+        for value in set {
+            args.extend(["--set", value]);
+        }
+        helm(cluster.kubeconfig(), &args).await?;
+        Ok(Release {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            kubeconfig: cluster.kubeconfig().clone(),
+        })
+    }
+
+    /// Name of the operator's ServiceAccount, Deployment, Service and roles.
+    pub fn operator(&self) -> String {
+        format!("{}-operator", self.name)
+    }
+
+    /// Name of the activator's ServiceAccount, Deployment, Service and roles.
+    pub fn activator(&self) -> String {
+        format!("{}-activator", self.name)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(helm_binary())
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// A kubeconfig for ServiceAccount `namespace/name`: the cluster of the
+/// admin kubeconfig and a token from the TokenRequest API, valid for an hour.
+/// Written to `.cluster/tests/<namespace>-<name>.kubeconfig`; returned with
+/// a client of it.
+pub async fn service_account_kubeconfig(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+) -> Result<(PathBuf, Client)> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            // Empty: the API server's own audiences.
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(cluster.client(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for serviceaccount {namespace}/{name}"))?
+        .status
+        .context("the TokenRequest has no status")?
+        .token;
+
+    let admin_path = cluster.kubeconfig();
+    let admin: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(admin_path)
+            .with_context(|| format!("reading {}", admin_path.display()))?,
+    )?;
+    let mut cluster_entry = current_cluster(&admin)?;
+    // A relative CA path is relative to the kubeconfig it came from.
+    if let Some(ca) = cluster_entry
+        .pointer_mut("/cluster/certificate-authority")
+        .filter(|ca| ca.as_str().is_some_and(|p| Path::new(p).is_relative()))
+    {
+        let dir = admin_path.parent().unwrap_or(Path::new("."));
+        *ca = json!(dir.join(ca.as_str().unwrap_or_default()));
+    }
+    let user = format!("system:serviceaccount:{namespace}:{name}");
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster_entry],
+        "users": [{ "name": user, "user": { "token": token } }],
+        "contexts": [{ "name": user, "context": {
+            "cluster": cluster_entry["name"],
+            "user": user,
+            "namespace": namespace,
+        }}],
+        "current-context": user,
+    });
+    let dir = repo_root().join(".cluster/tests");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+    write_private(&path, &serde_yaml::to_string(&kubeconfig)?)?;
+    let client = client_from(&path).await?;
+    Ok((path, client))
+}
+
+/// The `clusters[]` entry the current context of `kubeconfig` uses.
+fn current_cluster(kubeconfig: &Value) -> Result<Value> {
+    let context = kubeconfig["current-context"]
+        .as_str()
+        .context("the kubeconfig has no current-context")?;
+    let cluster = kubeconfig["contexts"]
+        .as_array()
+        .and_then(|contexts| contexts.iter().find(|c| c["name"] == context))
+        .and_then(|c| c["context"]["cluster"].as_str())
+        .with_context(|| format!("the kubeconfig has no context {context}"))?;
+    kubeconfig["clusters"]
+        .as_array()
+        .and_then(|clusters| clusters.iter().find(|c| c["name"] == cluster))
+        .cloned()
+        .with_context(|| format!("the kubeconfig has no cluster {cluster}"))
+}
+
+/// Writes `text` to `path`, readable by its owner only (it holds a token).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! The spec hash: which spec an instance pod was built from.
+//!
+//! The controller labels every instance pod with it
+//! ([`crate::keys::SPEC_HASH_LABEL`]) and the activator compares that label
+//! with the hash of the Function's current spec to tell current instances
+//! from outdated ones, so both must compute it the same way: here.
+
+use sha2::{Digest, Sha256};
+
+use crate::FunctionSpec;
+
+/// Hash of the spec fields an instance pod is built from. Scaling and queue
+/// settings are left out: changing `keepAlive` must not replace instances.
+/// SHA-256, not std's hasher, because it must stay stable across releases
+/// (a different hash would roll every instance on an operator upgrade).
+pub fn spec_hash(spec: &FunctionSpec) -> String {
+    let pod_fields = serde_json::json!({
+        "image": spec.image,
+        "command": spec.command,
+        "args": spec.args,
+        "env": spec.env,
+        "resources": spec.resources,
+        "port": spec.port,
+        "readinessPath": spec.readiness_path,
+        "serviceAccountName": spec.service_account_name,
+        "podTemplate": spec.pod_template,
+        "timeout": spec.timeout,
+    });
+    let digest = Sha256::digest(pod_fields.to_string().as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
