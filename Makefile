@@ -39,14 +39,9 @@ cluster-down: ## Stop the local cluster and remove everything it made.
 	bash e2e/cluster/down.sh
 
 .PHONY: dev
-dev: cluster-up ## Run thaw on the local cluster.
-	$(CARGO) run --quiet -p thaw -- crd | $(KUBECTL) apply --server-side -f -
-	$(KUBECTL) wait --for=condition=Established crd/functions.thaw.dev --timeout=30s
-	$(KUBECTL) apply -f manifests/examples/hello.yaml
-	@echo
-	@echo "The local cluster runs; KUBECONFIG=$(KUBECONFIG)."
-	@echo "Not built yet: the operator and activator (see README), so the Function is stored but not run."
-	@echo "Stop everything with: make cluster-down"
+dev: cluster-up ## Run thaw on the local cluster and print a curl that cold-starts a function.
+	$(CARGO) build -p thaw
+	bash e2e/dev.sh
 
 .PHONY: test
 test: tools lint build ## Every test: lint, unit tests, and tests against the local cluster.

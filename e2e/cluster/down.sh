@@ -18,8 +18,9 @@ stop() {
   rm -f "$f"
 }
 
-# The node first: it stops its pods and removes their namespaces.
-for name in thaw-node kube-scheduler kube-controller-manager kube-apiserver etcd; do
+# thaw first (`make dev` runs it), then the node: it stops its pods and
+# removes their namespaces.
+for name in thaw-activator thaw-operator thaw-node kube-scheduler kube-controller-manager kube-apiserver etcd; do
   stop "$name"
 done
 
