@@ -5,7 +5,8 @@ CARGO ?= cargo
 include e2e/versions.env
 export KUBECONFIG := $(CURDIR)/.cluster/kubeconfig
 # kubectl of the cluster's own version, built by `make tools`.
-KUBECTL := $(HOME)/.cache/thaw/k8s-$(KUBERNETES_VERSION)/bin/kubectl
+THAW_CACHE ?= $(HOME)/.cache/thaw
+KUBECTL := $(THAW_CACHE)/k8s-$(KUBERNETES_VERSION)/bin/kubectl
 
 .PHONY: help
 help: ## List the targets.

@@ -1,6 +1,7 @@
 //! thaw's controller: reconciles each Function into a pool of instance pods
 //! that it creates and deletes one by one.
 
+pub mod actions;
 pub mod coldstart;
 pub mod context;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod pod;
 pub mod reconcile;
 pub mod service;
 pub mod status;
+pub mod wallclock;
 
 pub use context::{Config, Context};
 pub use error::Error;

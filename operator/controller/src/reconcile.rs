@@ -3,53 +3,41 @@
 //! status.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use k8s_openapi::{
     api::core::v1::{Pod, Service},
-    jiff::{SignedDuration, Timestamp},
+    jiff::Timestamp,
 };
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{controller::Action, events::EventType},
 };
-use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
-use thaw_api::{
-    Function, FunctionStatus,
-    keys::{
-        COLD_START_ANNOTATION, DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL,
-        IDLE_SINCE_ANNOTATION, KEPT_ANNOTATION,
-    },
-};
+use thaw_api::{Function, FunctionStatus, keys::FUNCTION_LABEL};
 use thaw_core::{Decision, FunctionKey, Phase, Settings};
-use tracing::{info, warn};
 
 use crate::{
-    coldstart::{Breakdown, Timeline},
+    actions::{annotate_expiries, create_pod, delete_pod, drain_pod, publish, record_cold_start},
+    coldstart::Breakdown,
     context::{Context, FIELD_MANAGER},
     error::Error,
     instance::{Instance, InstanceState, classify},
     memory::FunctionMemory,
-    pod::{instance_pod, spec_hash},
+    pod::spec_hash,
     service::function_service,
     status::{Observed, Trouble, build_status},
+    wallclock::{instant_at, round_to_second, wall_at},
 };
 
 /// Longest a reconcile waits without a reason to wake up earlier.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
 /// Shortest requeue, so a wake-up due now cannot spin.
 const MIN_REQUEUE: Duration = Duration::from_millis(100);
-/// Annotations are rewritten only when they move more than this, so a
-/// prediction that jitters by milliseconds does not cost a write.
-const ANNOTATION_SLACK: Duration = Duration::from_secs(1);
 
 /// What one reconcile will do, decided under the locks, carried out after.
 struct Plan {
@@ -353,277 +341,6 @@ pub fn settings(function: &Function) -> Settings {
     }
 }
 
-/// The monotonic instant of wall-clock time `at`, given that `wall` is `now`.
-pub fn instant_at(at: Timestamp, wall: Timestamp, now: Instant) -> Instant {
-    let offset = wall.duration_since(at);
-    match Duration::try_from(offset) {
-        Ok(ago) => now.checked_sub(ago).unwrap_or(now),
-        Err(_) => now + Duration::try_from(-offset).unwrap_or_default(),
-    }
-}
-
-/// The wall-clock time of monotonic instant `at`, given that `now` is `wall`.
-pub fn wall_at(at: Instant, now: Instant, wall: Timestamp) -> Timestamp {
-    let offset = if at >= now {
-        SignedDuration::try_from(at - now).unwrap_or_default()
-    } else {
-        -SignedDuration::try_from(now - at).unwrap_or_default()
-    };
-    wall.checked_add(offset).unwrap_or(wall)
-}
-
-async fn create_pod(
-    ctx: &Context,
-    function: &Function,
-    api: &Api<Pod>,
-    key: &FunctionKey,
-    why: &str,
-    now: Instant,
-) -> Result<(), Error> {
-    let suffix = Alphanumeric
-        .sample_string(&mut rand::rng(), 5)
-        .to_lowercase();
-    let pod_name = format!("{}-{suffix}", key.name);
-    let pod = instance_pod(function, &pod_name);
-    api.create(
-        &PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PostParams::default()
-        },
-        &pod,
-    )
-    .await
-    .map_err(|source| Error::CreatePod {
-        pod: pod_name.clone(),
-        source,
-    })?;
-    {
-        let mut memory = ctx.memory();
-        let memory = memory.entry(key.clone()).or_default();
-        memory.created.insert(pod_name.clone(), now);
-        memory
-            .timelines
-            .insert(pod_name.clone(), Timeline::new(now));
-    }
-    ctx.metrics
-        .decisions
-        .with_label_values(&[&key.namespace, &key.name, "create"])
-        .inc();
-    info!(function = %key, pod = %pod_name, "created instance: {why}");
-    publish(
-        ctx,
-        function,
-        EventType::Normal,
-        "Created",
-        "Create",
-        format!("created instance {pod_name}: {why}"),
-    )
-    .await;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn drain_pod(
-    ctx: &Context,
-    function: &Function,
-    api: &Api<Pod>,
-    key: &FunctionKey,
-    pod: &str,
-    why: &str,
-    wall: Timestamp,
-    now: Instant,
-) -> Result<(), Error> {
-    let patch = json!({ "metadata": { "annotations": {
-        DRAINING_SINCE_ANNOTATION: wall.to_string(),
-        IDLE_SINCE_ANNOTATION: null,
-        EXPIRES_AT_ANNOTATION: null,
-    }}});
-    match api
-        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-        Err(source) => {
-            return Err(Error::DrainPod {
-                pod: pod.to_owned(),
-                source,
-            });
-        }
-    }
-    ctx.memory()
-        .entry(key.clone())
-        .or_default()
-        .drained
-        .insert(pod.to_owned(), now);
-    ctx.metrics
-        .decisions
-        .with_label_values(&[&key.namespace, &key.name, "drain"])
-        .inc();
-    info!(function = %key, pod, "draining instance: {why}");
-    publish(
-        ctx,
-        function,
-        EventType::Normal,
-        "Draining",
-        "Drain",
-        why.to_owned(),
-    )
-    .await;
-    Ok(())
-}
-
-async fn delete_pod(
-    ctx: &Context,
-    api: &Api<Pod>,
-    pods: &[Arc<Pod>],
-    name: &str,
-) -> Result<(), Error> {
-    let uid = pods
-        .iter()
-        .find(|p| p.metadata.name.as_deref() == Some(name))
-        .and_then(|p| p.metadata.uid.clone());
-    let params = DeleteParams {
-        // Never delete a pod of the same name that replaced the one decided on.
-        preconditions: uid.map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(source) => {
-            ctx.metrics.errors.with_label_values(&["delete_pod"]).inc();
-            Err(Error::DeletePod {
-                pod: name.to_owned(),
-                source,
-            })
-        }
-    }
-}
-
-/// Records a finished cold start: histograms, an annotation on the
-/// instance and an event.
-async fn record_cold_start(
-    ctx: &Context,
-    function: &Function,
-    api: &Api<Pod>,
-    key: &FunctionKey,
-    pod: &str,
-    breakdown: &Breakdown,
-) -> Result<(), Error> {
-    for (phase, d) in [
-        ("schedule", breakdown.schedule),
-        ("start", breakdown.start),
-        ("ready", breakdown.ready),
-        ("total", breakdown.total),
-    ] {
-        ctx.metrics
-            .cold_start
-            .with_label_values(&[&key.namespace, &key.name, phase])
-            .observe(d.as_secs_f64());
-    }
-    let patch =
-        json!({ "metadata": { "annotations": { COLD_START_ANNOTATION: breakdown.to_string() }}});
-    match api
-        .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-        Err(source) => {
-            return Err(Error::AnnotatePod {
-                pod: pod.to_owned(),
-                source,
-            });
-        }
-    }
-    publish(
-        ctx,
-        function,
-        EventType::Normal,
-        "InstanceReady",
-        "ColdStart",
-        format!("instance {pod} {breakdown}"),
-    )
-    .await;
-    Ok(())
-}
-
-/// Writes `thaw.dev/idle-since` and `thaw.dev/expires-at` (or, for an idle
-/// instance a floor keeps, `thaw.dev/kept`) on each ready instance when they
-/// change, and removes them while it is busy.
-async fn annotate_expiries(
-    api: &Api<Pod>,
-    pods: &[Arc<Pod>],
-    decision: &Decision,
-    now: Instant,
-    wall: Timestamp,
-) -> Result<(), Error> {
-    for expiry in &decision.expiries {
-        let Some(pod) = pods
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(expiry.instance.as_str()))
-        else {
-            continue;
-        };
-        let current: BTreeMap<String, String> =
-            pod.metadata.annotations.clone().unwrap_or_default();
-        let wanted = |at: Option<Instant>| at.map(|at| round_to_second(wall_at(at, now, wall)));
-        let idle_since = wanted(expiry.idle_since);
-        let expires_at = wanted(expiry.expires_at);
-        let kept = expiry
-            .held
-            .filter(|_| expiry.idle_since.is_some())
-            .map(|hold| hold.to_string());
-        if close_enough(current.get(IDLE_SINCE_ANNOTATION), idle_since)
-            && close_enough(current.get(EXPIRES_AT_ANNOTATION), expires_at)
-            && current.get(KEPT_ANNOTATION) == kept.as_ref()
-        {
-            continue;
-        }
-        let patch = json!({ "metadata": { "annotations": {
-            IDLE_SINCE_ANNOTATION: idle_since.map(|t| t.to_string()),
-            EXPIRES_AT_ANNOTATION: expires_at.map(|t| t.to_string()),
-            KEPT_ANNOTATION: kept,
-        }}});
-        match api
-            .patch(
-                &expiry.instance,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(source) => {
-                return Err(Error::AnnotatePod {
-                    pod: expiry.instance.clone(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-fn round_to_second(t: Timestamp) -> Timestamp {
-    Timestamp::from_second(t.as_second()).unwrap_or(t)
-}
-
-fn close_enough(current: Option<&String>, wanted: Option<Timestamp>) -> bool {
-    match (current.and_then(|c| c.parse::<Timestamp>().ok()), wanted) {
-        (None, None) => true,
-        (Some(current), Some(wanted)) => {
-            current.duration_since(wanted).unsigned_abs() <= ANNOTATION_SLACK
-        }
-        _ => false,
-    }
-}
-
 async fn apply_service(
     ctx: &Context,
     function: &Function,
@@ -718,60 +435,4 @@ fn record_gauges(ctx: &Context, namespace: &str, name: &str, decision: &Decision
         .panic
         .with_label_values(&[namespace, name])
         .set(i64::from(decision.panic));
-}
-
-/// Publishes an event about the Function; a failure to publish is logged,
-/// never fatal: events are for people, the status is the record.
-pub async fn publish(
-    ctx: &Context,
-    function: &Function,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &function.object_ref(&()))
-        .await
-    {
-        warn!(%error, "publishing event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wall_and_monotonic_times_convert_both_ways() {
-        let now = Instant::now();
-        let wall: Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
-        let earlier: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-        let at = instant_at(earlier, wall, now);
-        assert_eq!(now.duration_since(at), Duration::from_secs(60));
-        assert_eq!(wall_at(at, now, wall), earlier);
-        let later = wall_at(now + Duration::from_secs(5), now, wall);
-        assert_eq!(later.duration_since(wall), SignedDuration::from_secs(5));
-    }
-
-    #[test]
-    fn annotation_slack_ignores_jitter_only() {
-        let t: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-        let shown = t.to_string();
-        assert!(close_enough(Some(&shown), Some(t)));
-        assert!(!close_enough(
-            Some(&shown),
-            Some(t + SignedDuration::from_secs(5))
-        ));
-        assert!(!close_enough(None, Some(t)));
-        assert!(close_enough(None, None));
-    }
 }

@@ -30,11 +30,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    actions::publish,
     context::{Config, Context},
     error::Error,
     http::{self, HttpState},
     metrics::Metrics,
-    reconcile::{publish, reconcile},
+    reconcile::reconcile,
 };
 
 /// How `thaw operator` runs.

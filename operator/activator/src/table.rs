@@ -1,0 +1,1141 @@
+//! One function as the activator holds it: its instances with their
+//! in-flight counts, its FIFO queue of waiting requests, and the stats it
+//! reports. Pure and synchronous: every method takes `now`, nothing here
+//! does I/O or reads a clock, so the tests drive time by hand. The caller
+//! ([`crate::breaker`]) keeps one [`FunctionState`] behind a mutex.
+//!
+//! The invariant every method keeps: **a request waits only while no
+//! instance has room.** Whenever a slot frees or an instance becomes
+//! placeable, [`FunctionState::dispatch`] hands slots to the head of the
+//! queue first, so a new request can take a free slot directly only when
+//! nobody is waiting.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use thaw_core::{FunctionReport, InstanceReport};
+use tokio::sync::oneshot;
+
+use crate::place::{self, Candidate, Limits};
+
+/// An instance, numbered per function in the order the activator learned
+/// of it. A pod deleted and recreated under the same name gets a new id.
+pub type InstanceId = u64;
+/// A waiting request.
+pub type WaiterId = u64;
+
+/// What the activator needs of a Function's spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionConfig {
+    /// The Function's uid: instances must be controller-owned by it.
+    pub uid: String,
+    /// `thaw_api::spec_hash` of the current spec.
+    pub hash: String,
+    pub limits: Limits,
+    /// `spec.queue.maxPending`.
+    pub max_pending: u32,
+    /// `spec.queue.maxWait`.
+    pub max_wait: Duration,
+    /// `spec.timeout`, from arrival at the activator.
+    pub timeout: Duration,
+    /// `spec.port`, for pods that do not say their own.
+    pub port: u16,
+}
+
+/// What the activator needs of an instance pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub name: String,
+    pub uid: String,
+    pub ip: Option<IpAddr>,
+    /// The function container's port, when the pod names one.
+    pub port: Option<u16>,
+    /// The pod's HTTP readiness path; TCP connect when `None`.
+    pub readiness_path: Option<String>,
+    /// uid of the pod's controller owner.
+    pub owner_uid: Option<String>,
+    /// The `thaw.dev/spec-hash` label.
+    pub hash: Option<String>,
+    /// kubelet's Ready condition, when the pod has one.
+    pub kubelet_ready: Option<bool>,
+    /// Annotated `thaw.dev/draining-since`.
+    pub draining: bool,
+    /// `deletionTimestamp` set.
+    pub terminating: bool,
+    /// Phase `Failed` or `Succeeded`: the container is gone.
+    pub finished: bool,
+}
+
+/// One instance.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub pod: PodInfo,
+    /// Probed successfully, and no connection to it failed since.
+    ready: bool,
+    /// A prober owns this instance now.
+    probing: bool,
+    /// kubelet reported it Ready at least once.
+    kubelet_was_ready: bool,
+    /// kubelet's Ready went from True to False: place nothing.
+    kubelet_unready: bool,
+    /// The pod left the API; kept only while requests are in flight on it.
+    gone: bool,
+    in_flight: u32,
+    /// When `in_flight` last dropped to 0, or when the instance was learned of.
+    idle_since: Instant,
+}
+
+impl Instance {
+    /// The address requests go to.
+    pub fn addr(&self, default_port: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            self.pod.ip?,
+            self.pod.port.unwrap_or(default_port),
+        ))
+    }
+
+    /// Takes no new requests, ever: draining, terminating, finished or gone.
+    pub fn retired(&self) -> bool {
+        self.gone || self.pod.draining || self.pod.terminating || self.pod.finished
+    }
+
+    fn placeable(&self, config: &FunctionConfig) -> bool {
+        self.ready
+            && !self.kubelet_unready
+            && !self.retired()
+            && self.pod.ip.is_some()
+            && self.pod.hash.is_some()
+            && self.pod.owner_uid.as_deref() == Some(config.uid.as_str())
+    }
+
+    fn current(&self, config: &FunctionConfig) -> bool {
+        self.pod.hash.as_deref() == Some(config.hash.as_str())
+    }
+
+    fn needs_probe(&self) -> bool {
+        !self.ready && !self.probing && !self.retired() && self.pod.ip.is_some()
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+}
+
+/// A place on an instance, held by one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub instance: InstanceId,
+    pub pod: String,
+    pub addr: SocketAddr,
+}
+
+/// Where and how to probe an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub addr: SocketAddr,
+    /// HTTP GET path; TCP connect when `None`.
+    pub path: Option<String>,
+}
+
+/// The answer to a request that wants an instance.
+#[derive(Debug)]
+pub enum Admit {
+    /// Room now: the request holds this slot.
+    Placed(Slot),
+    /// No room: the request waits. `rx` fires when it was given a slot (or
+    /// the function went away); then call [`FunctionState::take`].
+    Queued {
+        id: WaiterId,
+        rx: oneshot::Receiver<()>,
+        /// The queue was empty: tell the autoscaler at once.
+        first: bool,
+        /// No instance is placeable at all: the request waits for a cold start.
+        cold: bool,
+    },
+    /// The queue is at `maxPending`.
+    Full { max_pending: u32 },
+    /// No such Function (or it was deleted).
+    Unknown,
+    /// The Function exists but cannot be read.
+    Invalid(String),
+}
+
+/// What a woken waiter finds.
+#[derive(Debug)]
+pub enum Take {
+    /// Its slot.
+    Assigned(Slot),
+    /// Still (or again) waiting: await this.
+    Waiting(oneshot::Receiver<()>),
+    /// The function went away.
+    Gone,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: WaiterId,
+    wake: oneshot::Sender<()>,
+}
+
+/// One function's instances, queue and stats.
+#[derive(Debug)]
+pub struct FunctionState {
+    config: Option<FunctionConfig>,
+    invalid: Option<String>,
+    instances: Vec<Instance>,
+    next_instance: InstanceId,
+    queue: VecDeque<Waiter>,
+    /// Slots handed to waiters that have not picked them up yet.
+    assigned: Vec<(WaiterId, Slot)>,
+    next_waiter: WaiterId,
+    /// Slots held, on every instance (assigned ones included).
+    in_flight: u32,
+    /// Request-seconds (in flight plus waiting) since the last report.
+    area: f64,
+    area_since: Instant,
+    /// Requests received since the last report.
+    requests: u64,
+}
+
+impl FunctionState {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            config: None,
+            invalid: None,
+            instances: Vec::new(),
+            next_instance: 0,
+            queue: VecDeque::new(),
+            assigned: Vec::new(),
+            next_waiter: 0,
+            in_flight: 0,
+            area: 0.0,
+            area_since: now,
+            requests: 0,
+        }
+    }
+
+    pub fn config(&self) -> Option<&FunctionConfig> {
+        self.config.as_ref()
+    }
+
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// Requests waiting now.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Slots held now, on every instance.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Nothing left to remember: no Function, no instance, nobody waiting.
+    pub fn is_unused(&self) -> bool {
+        self.config.is_none()
+            && self.invalid.is_none()
+            && self.instances.is_empty()
+            && self.queue.is_empty()
+            && self.assigned.is_empty()
+    }
+
+    /// The Function's spec changed, appeared, or (`None`) went away. Waiters
+    /// of a Function that went away are woken and find it [`Take::Gone`].
+    pub fn set_config(&mut self, config: Option<FunctionConfig>, now: Instant) {
+        self.touch(now);
+        self.invalid = None;
+        self.config = config;
+        if self.config.is_none() {
+            self.queue.clear();
+        }
+        self.dispatch();
+    }
+
+    /// The Function exists but does not decode: requests get `message`.
+    pub fn set_invalid(&mut self, message: String, now: Instant) {
+        self.touch(now);
+        self.config = None;
+        self.invalid = Some(message);
+        self.queue.clear();
+    }
+
+    /// A pod was added or changed. Returns the instance to start probing,
+    /// if it needs a prober.
+    pub fn upsert_pod(&mut self, pod: PodInfo, now: Instant) -> Option<InstanceId> {
+        self.touch(now);
+        // A pod recreated under the same name is a new instance.
+        if self
+            .instances
+            .iter()
+            .any(|i| i.pod.name == pod.name && i.pod.uid != pod.uid && !i.gone)
+        {
+            self.remove_pod(&pod.name, now);
+        }
+        let index = match self
+            .instances
+            .iter()
+            .position(|i| i.pod.uid == pod.uid && !i.gone)
+        {
+            Some(index) => {
+                let instance = &mut self.instances[index];
+                if instance.pod.ip != pod.ip || instance.pod.port != pod.port {
+                    instance.ready = false;
+                }
+                instance.pod = pod;
+                index
+            }
+            None => {
+                let id = self.next_instance;
+                self.next_instance += 1;
+                self.instances.push(Instance {
+                    id,
+                    pod,
+                    ready: false,
+                    probing: false,
+                    kubelet_was_ready: false,
+                    kubelet_unready: false,
+                    gone: false,
+                    in_flight: 0,
+                    idle_since: now,
+                });
+                self.instances.len() - 1
+            }
+        };
+        let instance = &mut self.instances[index];
+        match instance.pod.kubelet_ready {
+            Some(true) => {
+                instance.kubelet_was_ready = true;
+                instance.kubelet_unready = false;
+            }
+            Some(false) if instance.kubelet_was_ready => instance.kubelet_unready = true,
+            _ => {}
+        }
+        let probe = instance.needs_probe().then(|| {
+            instance.probing = true;
+            instance.id
+        });
+        self.dispatch();
+        probe
+    }
+
+    /// The pod left the API. Its instance takes nothing new; it is
+    /// forgotten once nothing is in flight on it.
+    pub fn remove_pod(&mut self, name: &str, now: Instant) {
+        self.touch(now);
+        for instance in &mut self.instances {
+            if instance.pod.name == name {
+                instance.gone = true;
+            }
+        }
+        self.instances.retain(|i| !(i.gone && i.in_flight == 0));
+    }
+
+    /// Names of the pods the activator knows (not yet gone).
+    pub fn pod_names(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .filter(|i| !i.gone)
+            .map(|i| i.pod.name.clone())
+            .collect()
+    }
+
+    /// A new request wants an instance. `count` it as received (a retry of
+    /// an admitted request is not counted again).
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        self.touch(now);
+        self.requests += 1;
+        let Some(config) = &self.config else {
+            return match &self.invalid {
+                Some(message) => Admit::Invalid(message.clone()),
+                None => Admit::Unknown,
+            };
+        };
+        let max_pending = config.max_pending;
+        if self.queue.is_empty()
+            && let Some(index) = self.pick()
+        {
+            return Admit::Placed(self.occupy(index));
+        }
+        if self.queue.len() >= max_pending as usize {
+            return Admit::Full { max_pending };
+        }
+        self.enqueue(false)
+    }
+
+    /// A request that was placed but could not connect wants an instance
+    /// again. It goes ahead of the queue and past `maxPending`: it was
+    /// admitted already.
+    pub fn readmit(&mut self, now: Instant) -> Admit {
+        self.touch(now);
+        if self.config.is_none() {
+            return match &self.invalid {
+                Some(message) => Admit::Invalid(message.clone()),
+                None => Admit::Unknown,
+            };
+        }
+        if self.queue.is_empty()
+            && let Some(index) = self.pick()
+        {
+            return Admit::Placed(self.occupy(index));
+        }
+        self.enqueue(true)
+    }
+
+    fn enqueue(&mut self, front: bool) -> Admit {
+        let first = self.queue.is_empty();
+        let cold = match &self.config {
+            Some(config) => !self.instances.iter().any(|i| i.placeable(config)),
+            None => true,
+        };
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        let (wake, rx) = oneshot::channel();
+        let waiter = Waiter { id, wake };
+        if front {
+            self.queue.push_front(waiter);
+        } else {
+            self.queue.push_back(waiter);
+        }
+        Admit::Queued {
+            id,
+            rx,
+            first,
+            cold,
+        }
+    }
+
+    /// Waiter `id` was woken (or wants to know where it stands).
+    pub fn take(&mut self, id: WaiterId, now: Instant) -> Take {
+        self.touch(now);
+        if let Some(position) = self.assigned.iter().position(|(w, _)| *w == id) {
+            let (_, slot) = self.assigned.swap_remove(position);
+            let still_placeable = match (&self.config, self.instance(slot.instance)) {
+                (Some(config), Some(instance)) => instance.placeable(config),
+                _ => false,
+            };
+            if still_placeable {
+                return Take::Assigned(slot);
+            }
+            // The instance went away (or stopped taking requests) between
+            // the hand-over and now: give the slot back and wait again,
+            // first in line.
+            self.free(slot.instance, now);
+            if self.config.is_none() {
+                return Take::Gone;
+            }
+            let (wake, rx) = oneshot::channel();
+            self.queue.push_front(Waiter { id, wake });
+            self.dispatch();
+            return Take::Waiting(rx);
+        }
+        if let Some(waiter) = self.queue.iter_mut().find(|w| w.id == id) {
+            let (wake, rx) = oneshot::channel();
+            waiter.wake = wake;
+            return Take::Waiting(rx);
+        }
+        Take::Gone
+    }
+
+    /// Waiter `id` gave up (its client left, or it timed out): it leaves the
+    /// queue, and a slot handed to it meanwhile goes to the next in line.
+    pub fn cancel(&mut self, id: WaiterId, now: Instant) {
+        self.touch(now);
+        if let Some(position) = self.queue.iter().position(|w| w.id == id) {
+            self.queue.remove(position);
+            return;
+        }
+        if let Some(position) = self.assigned.iter().position(|(w, _)| *w == id) {
+            let (_, slot) = self.assigned.swap_remove(position);
+            self.free(slot.instance, now);
+            self.dispatch();
+        }
+    }
+
+    /// A request on `instance` ended.
+    pub fn release(&mut self, instance: InstanceId, now: Instant) {
+        self.touch(now);
+        self.free(instance, now);
+        self.dispatch();
+    }
+
+    /// Connecting to `instance` failed: it is unready until probed again.
+    /// Returns the instance when it needs a prober.
+    pub fn connect_failed(&mut self, instance: InstanceId) -> Option<InstanceId> {
+        let instance = self.instance_mut(instance)?;
+        instance.ready = false;
+        instance.needs_probe().then(|| {
+            instance.probing = true;
+            instance.id
+        })
+    }
+
+    /// What the prober of `instance` should probe; `None` tells it to stop
+    /// (the instance is ready, retired or gone).
+    pub fn probe_target(&mut self, instance: InstanceId) -> Option<ProbeTarget> {
+        let default_port = self.config.as_ref().map(|c| c.port).unwrap_or(8080);
+        let instance = self.instance_mut(instance)?;
+        if instance.ready || instance.retired() {
+            instance.probing = false;
+            return None;
+        }
+        let Some(addr) = instance.addr(default_port) else {
+            instance.probing = false;
+            return None;
+        };
+        Some(ProbeTarget {
+            addr,
+            path: instance.pod.readiness_path.clone(),
+        })
+    }
+
+    /// The prober of `instance` saw it answer: it takes requests now.
+    pub fn probe_succeeded(&mut self, instance: InstanceId, now: Instant) {
+        self.touch(now);
+        if let Some(instance) = self.instance_mut(instance) {
+            instance.ready = true;
+            instance.probing = false;
+        }
+        self.dispatch();
+    }
+
+    /// The report for the time since the last one, `interval` long; starts
+    /// the next interval.
+    pub fn report(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        interval: Duration,
+        now: Instant,
+    ) -> FunctionReport {
+        self.touch(now);
+        let seconds = interval.as_secs_f64();
+        let concurrency = if seconds > 0.0 {
+            self.area / seconds
+        } else {
+            f64::from(self.load())
+        };
+        let mut report = FunctionReport::new(namespace, name);
+        report.waiting = u32::try_from(self.queue.len()).unwrap_or(u32::MAX);
+        report.concurrency = if concurrency.is_finite() {
+            concurrency.max(0.0)
+        } else {
+            0.0
+        };
+        report.requests = std::mem::take(&mut self.requests);
+        self.area = 0.0;
+        report.instances = self
+            .instances
+            .iter()
+            .map(|i| InstanceReport {
+                pod: i.pod.name.clone(),
+                in_flight: i.in_flight,
+                idle_for_ms: (i.in_flight == 0).then(|| {
+                    u64::try_from(now.saturating_duration_since(i.idle_since).as_millis())
+                        .unwrap_or(u64::MAX)
+                }),
+                draining: i.gone || i.pod.draining || i.pod.terminating,
+            })
+            .collect();
+        report
+    }
+
+    /// Hands free slots to the head of the queue, while any instance has room.
+    fn dispatch(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(index) = self.pick() else { break };
+            let Some(waiter) = self.queue.pop_front() else {
+                break;
+            };
+            let slot = self.occupy(index);
+            self.assigned.push((waiter.id, slot));
+            // A waiter whose receiver is gone is being dropped right now;
+            // its cancel() finds the slot in `assigned` and frees it.
+            let _ = waiter.wake.send(());
+        }
+    }
+
+    fn pick(&self) -> Option<usize> {
+        let config = self.config.as_ref()?;
+        let candidates: Vec<Candidate> = self
+            .instances
+            .iter()
+            .map(|i| Candidate {
+                placeable: i.placeable(config),
+                current: i.current(config),
+                in_flight: i.in_flight,
+            })
+            .collect();
+        place::pick(&candidates, config.limits)
+    }
+
+    fn occupy(&mut self, index: usize) -> Slot {
+        let default_port = self.config.as_ref().map(|c| c.port).unwrap_or(8080);
+        let instance = &mut self.instances[index];
+        instance.in_flight += 1;
+        self.in_flight += 1;
+        Slot {
+            instance: instance.id,
+            pod: instance.pod.name.clone(),
+            // Placeable instances have an address.
+            addr: instance
+                .addr(default_port)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port))),
+        }
+    }
+
+    fn free(&mut self, id: InstanceId, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(instance) = self.instance_mut(id) {
+            instance.in_flight = instance.in_flight.saturating_sub(1);
+            if instance.in_flight == 0 {
+                instance.idle_since = now;
+            }
+        }
+        self.instances.retain(|i| !(i.gone && i.in_flight == 0));
+    }
+
+    fn instance(&self, id: InstanceId) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    fn instance_mut(&mut self, id: InstanceId) -> Option<&mut Instance> {
+        self.instances.iter_mut().find(|i| i.id == id)
+    }
+
+    fn load(&self) -> u32 {
+        self.in_flight
+            .saturating_add(u32::try_from(self.queue.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Accumulates the load since the last change, before it changes.
+    fn touch(&mut self, now: Instant) {
+        if now > self.area_since {
+            let dt = now.duration_since(self.area_since).as_secs_f64();
+            self.area += f64::from(self.load()) * dt;
+            self.area_since = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(concurrency: u32) -> FunctionConfig {
+        FunctionConfig {
+            uid: "fn-uid".into(),
+            hash: "h1".into(),
+            limits: Limits {
+                concurrency,
+                target: 0.7,
+            },
+            max_pending: 3,
+            max_wait: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            port: 8080,
+        }
+    }
+
+    fn pod(name: &str, ip: u8) -> PodInfo {
+        PodInfo {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            ip: Some(IpAddr::from([10, 244, 0, ip])),
+            port: Some(8080),
+            readiness_path: None,
+            owner_uid: Some("fn-uid".into()),
+            hash: Some("h1".into()),
+            kubelet_ready: None,
+            draining: false,
+            terminating: false,
+            finished: false,
+        }
+    }
+
+    /// A function with `concurrency` and ready instances `pods`.
+    fn state(concurrency: u32, pods: &[&str], now: Instant) -> FunctionState {
+        let mut s = FunctionState::new(now);
+        s.set_config(Some(config(concurrency)), now);
+        for (i, name) in pods.iter().enumerate() {
+            let ip = u8::try_from(i + 2).unwrap();
+            let id = s.upsert_pod(pod(name, ip), now).expect("probe");
+            s.probe_succeeded(id, now);
+        }
+        s
+    }
+
+    fn placed(admit: Admit) -> Slot {
+        match admit {
+            Admit::Placed(slot) => slot,
+            other => panic!("expected a slot, got {other:?}"),
+        }
+    }
+
+    fn queued(admit: Admit) -> (WaiterId, oneshot::Receiver<()>, bool, bool) {
+        match admit {
+            Admit::Queued {
+                id,
+                rx,
+                first,
+                cold,
+            } => (id, rx, first, cold),
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+
+    fn assigned(take: Take) -> Slot {
+        match take {
+            Take::Assigned(slot) => slot,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    fn woken(rx: &mut oneshot::Receiver<()>) -> bool {
+        rx.try_recv().is_ok()
+    }
+
+    #[test]
+    fn unknown_and_invalid_functions() {
+        let now = Instant::now();
+        let mut s = FunctionState::new(now);
+        assert!(matches!(s.admit(now), Admit::Unknown));
+        s.set_invalid("bad spec".into(), now);
+        assert!(matches!(s.admit(now), Admit::Invalid(m) if m == "bad spec"));
+        s.set_config(Some(config(1)), now);
+        assert!(matches!(s.admit(now), Admit::Queued { .. }));
+    }
+
+    #[test]
+    fn places_directly_while_there_is_room_and_packs() {
+        let now = Instant::now();
+        let mut s = state(10, &["a", "b"], now);
+        for _ in 0..7 {
+            assert_eq!(placed(s.admit(now)).pod, "a");
+        }
+        assert_eq!(placed(s.admit(now)).pod, "b", "a is at the soft cap");
+        assert_eq!(s.in_flight(), 8);
+    }
+
+    #[test]
+    fn the_queue_is_fifo_and_bounded() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        let first = placed(s.admit(now));
+        let (w1, mut rx1, is_first, cold) = queued(s.admit(now));
+        assert!(is_first && !cold);
+        let (w2, mut rx2, is_first, _) = queued(s.admit(now));
+        assert!(!is_first);
+        let (w3, mut rx3, _, _) = queued(s.admit(now));
+        assert!(matches!(s.admit(now), Admit::Full { max_pending: 3 }));
+        assert_eq!(s.waiting(), 3);
+
+        s.release(first.instance, now);
+        assert!(woken(&mut rx1) && !woken(&mut rx2) && !woken(&mut rx3));
+        let slot = assigned(s.take(w1, now));
+        assert_eq!(slot.pod, "a");
+        // A new request cannot jump the queue even if it arrived as a slot frees.
+        s.release(slot.instance, now);
+        let (w4, mut rx4, _, _) = queued(s.admit(now));
+        assert!(woken(&mut rx2));
+        let slot = assigned(s.take(w2, now));
+        s.release(slot.instance, now);
+        assert!(woken(&mut rx3));
+        let slot = assigned(s.take(w3, now));
+        s.release(slot.instance, now);
+        assert!(woken(&mut rx4));
+        let slot = assigned(s.take(w4, now));
+        assert_eq!(s.waiting(), 0);
+        s.release(slot.instance, now);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn max_pending_zero_never_queues() {
+        let now = Instant::now();
+        let mut s = FunctionState::new(now);
+        let mut c = config(1);
+        c.max_pending = 0;
+        s.set_config(Some(c), now);
+        assert!(matches!(s.admit(now), Admit::Full { max_pending: 0 }));
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_frees_its_place() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        let held = placed(s.admit(now));
+        let (w1, _rx1, _, _) = queued(s.admit(now));
+        let (w2, mut rx2, _, _) = queued(s.admit(now));
+        s.cancel(w1, now);
+        assert_eq!(s.waiting(), 1);
+        s.release(held.instance, now);
+        assert!(woken(&mut rx2), "the next one gets the slot");
+        assigned(s.take(w2, now));
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_after_being_handed_a_slot_passes_it_on() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        let held = placed(s.admit(now));
+        let (w1, mut rx1, _, _) = queued(s.admit(now));
+        let (w2, mut rx2, _, _) = queued(s.admit(now));
+        s.release(held.instance, now);
+        assert!(woken(&mut rx1));
+        // The client of w1 disconnects before its task picked the slot up.
+        s.cancel(w1, now);
+        assert!(woken(&mut rx2));
+        let slot = assigned(s.take(w2, now));
+        assert_eq!(s.in_flight(), 1);
+        s.release(slot.instance, now);
+        assert_eq!(s.in_flight(), 0);
+        // Cancelling twice, or after taking, changes nothing.
+        s.cancel(w1, now);
+        s.cancel(w2, now);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_cold_function_waits_and_the_first_ready_instance_wakes_the_head() {
+        let now = Instant::now();
+        let mut s = FunctionState::new(now);
+        s.set_config(Some(config(1)), now);
+        let (w1, mut rx1, first, cold) = queued(s.admit(now));
+        assert!(first && cold);
+        let (w2, mut rx2, first, cold) = queued(s.admit(now));
+        assert!(!first && cold);
+        let id = s.upsert_pod(pod("a", 2), now).expect("probe it");
+        assert!(!woken(&mut rx1), "not before it is probed");
+        // A second upsert while probing does not start a second prober.
+        assert_eq!(s.upsert_pod(pod("a", 2), now), None);
+        s.probe_succeeded(id, now);
+        assert!(woken(&mut rx1) && !woken(&mut rx2));
+        let slot = assigned(s.take(w1, now));
+        assert_eq!(slot.addr, "10.244.0.2:8080".parse().unwrap());
+        s.release(slot.instance, now);
+        assert!(woken(&mut rx2));
+        assigned(s.take(w2, now));
+    }
+
+    #[test]
+    fn a_pod_removed_while_its_slot_is_being_handed_over_requeues_the_waiter_first() {
+        let now = Instant::now();
+        let mut s = state(1, &["a", "b"], now);
+        let on_a = placed(s.admit(now));
+        let on_b = placed(s.admit(now));
+        let (w1, mut rx1, _, _) = queued(s.admit(now));
+        let (w2, mut rx2, _, _) = queued(s.admit(now));
+        s.release(on_a.instance, now);
+        assert!(woken(&mut rx1));
+        // Pod a is deleted before w1 picks its slot up.
+        s.remove_pod("a", now);
+        let mut rx1 = match s.take(w1, now) {
+            Take::Waiting(rx) => rx,
+            other => panic!("expected to wait again, got {other:?}"),
+        };
+        assert_eq!(s.waiting(), 2);
+        // w1 is ahead of w2 for the next slot.
+        s.release(on_b.instance, now);
+        assert!(woken(&mut rx1) && !woken(&mut rx2));
+        assert_eq!(assigned(s.take(w1, now)).pod, "b");
+        assert_eq!(s.pod_names(), vec!["b".to_owned()]);
+    }
+
+    #[test]
+    fn a_deleted_pod_is_kept_while_requests_run_on_it_and_reported_draining() {
+        let now = Instant::now();
+        let mut s = state(2, &["a"], now);
+        let slot = placed(s.admit(now));
+        s.remove_pod("a", now);
+        assert!(s.pod_names().is_empty());
+        assert_eq!(s.instances().len(), 1);
+        let report = s.report("ns", "f", Duration::from_secs(1), now);
+        assert_eq!(report.instances.len(), 1);
+        assert!(report.instances[0].draining);
+        assert_eq!(report.instances[0].in_flight, 1);
+        // Nothing new goes there.
+        assert!(matches!(s.admit(now), Admit::Queued { .. }));
+        s.release(slot.instance, now);
+        assert!(s.instances().is_empty());
+    }
+
+    #[test]
+    fn a_pod_recreated_under_the_same_name_is_a_new_instance() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        let slot = placed(s.admit(now));
+        let mut again = pod("a", 9);
+        again.uid = "uid-a-2".into();
+        let id = s.upsert_pod(again, now).expect("probe the new one");
+        assert_ne!(id, slot.instance);
+        s.probe_succeeded(id, now);
+        let next = placed(s.admit(now));
+        assert_eq!(next.instance, id);
+        assert_eq!(next.addr, "10.244.0.9:8080".parse().unwrap());
+        s.release(slot.instance, now);
+        assert_eq!(s.instances().len(), 1);
+    }
+
+    #[test]
+    fn draining_terminating_and_finished_instances_get_nothing_new() {
+        let now = Instant::now();
+        for change in [
+            |p: &mut PodInfo| p.draining = true,
+            |p: &mut PodInfo| p.terminating = true,
+            |p: &mut PodInfo| p.finished = true,
+        ] {
+            let mut s = state(5, &["a", "b"], now);
+            let first = placed(s.admit(now));
+            assert_eq!(first.pod, "a");
+            let mut changed = pod("a", 2);
+            change(&mut changed);
+            assert_eq!(s.upsert_pod(changed, now), None);
+            assert_eq!(placed(s.admit(now)).pod, "b");
+            // The request already on a finishes normally.
+            s.release(first.instance, now);
+        }
+        let mut s = state(5, &["a"], now);
+        let mut draining = pod("a", 2);
+        draining.draining = true;
+        s.upsert_pod(draining, now);
+        let report = s.report("ns", "f", Duration::from_secs(1), now);
+        assert!(report.instances[0].draining);
+    }
+
+    #[test]
+    fn pods_that_are_not_instances_of_this_function_get_nothing() {
+        let now = Instant::now();
+        let mut s = state(5, &[], now);
+        for change in [
+            |p: &mut PodInfo| p.owner_uid = Some("other".into()),
+            |p: &mut PodInfo| p.owner_uid = None,
+            |p: &mut PodInfo| p.hash = None,
+        ] {
+            let mut p = pod("x", 2);
+            change(&mut p);
+            if let Some(id) = s.upsert_pod(p, now) {
+                s.probe_succeeded(id, now);
+            }
+            assert!(matches!(s.admit(now), Admit::Queued { .. }));
+        }
+        // A pod without an IP is not probed.
+        let mut p = pod("y", 3);
+        p.ip = None;
+        assert_eq!(s.upsert_pod(p, now), None);
+    }
+
+    #[test]
+    fn outdated_instances_serve_until_a_current_one_is_ready() {
+        let now = Instant::now();
+        let mut s = state(5, &["old"], now);
+        let mut c = config(5);
+        c.hash = "h2".into();
+        s.set_config(Some(c), now);
+        assert_eq!(placed(s.admit(now)).pod, "old", "no current one yet");
+        let mut new = pod("new", 3);
+        new.hash = Some("h2".into());
+        let id = s.upsert_pod(new, now).expect("probe");
+        assert_eq!(placed(s.admit(now)).pod, "old", "not probed yet");
+        s.probe_succeeded(id, now);
+        for _ in 0..5 {
+            assert_eq!(placed(s.admit(now)).pod, "new");
+        }
+        assert!(
+            matches!(s.admit(now), Admit::Queued { .. }),
+            "the outdated one gets nothing even with the current one full"
+        );
+    }
+
+    #[test]
+    fn kubelet_ready_going_false_stops_placement_until_true_again() {
+        let now = Instant::now();
+        let mut s = state(5, &[], now);
+        let mut p = pod("a", 2);
+        p.kubelet_ready = Some(false);
+        let id = s.upsert_pod(p.clone(), now).expect("probe");
+        s.probe_succeeded(id, now);
+        // Probed before kubelet saw it ready: takes traffic at once.
+        let slot = placed(s.admit(now));
+        s.release(slot.instance, now);
+        p.kubelet_ready = Some(true);
+        s.upsert_pod(p.clone(), now);
+        p.kubelet_ready = Some(false);
+        s.upsert_pod(p.clone(), now);
+        let (w, mut rx, _, cold) = queued(s.admit(now));
+        assert!(cold);
+        p.kubelet_ready = Some(true);
+        s.upsert_pod(p, now);
+        assert!(woken(&mut rx));
+        assigned(s.take(w, now));
+    }
+
+    #[test]
+    fn a_failed_connection_makes_the_instance_unready_until_probed() {
+        let now = Instant::now();
+        let mut s = state(5, &["a", "b"], now);
+        let slot = placed(s.admit(now));
+        assert_eq!(slot.pod, "a");
+        let probe = s.connect_failed(slot.instance).expect("re-probe");
+        assert_eq!(s.connect_failed(slot.instance), None, "one prober");
+        s.release(slot.instance, now);
+        match s.readmit(now) {
+            Admit::Placed(other) => assert_eq!(other.pod, "b"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.probe_target(probe),
+            Some(ProbeTarget {
+                addr: "10.244.0.2:8080".parse().unwrap(),
+                path: None
+            })
+        );
+        s.probe_succeeded(probe, now);
+        assert_eq!(s.probe_target(probe), None, "ready: the prober stops");
+        assert_eq!(placed(s.admit(now)).pod, "b", "b is busiest below the cap");
+    }
+
+    #[test]
+    fn a_readmitted_request_goes_ahead_of_the_queue_and_past_max_pending() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        let held = placed(s.admit(now));
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            waiting.push(queued(s.admit(now)));
+        }
+        let (retry, mut retry_rx, _, _) = queued(s.readmit(now));
+        assert_eq!(s.waiting(), 4);
+        s.release(held.instance, now);
+        assert!(woken(&mut retry_rx));
+        assigned(s.take(retry, now));
+        assert!(!woken(&mut waiting[0].1));
+    }
+
+    #[test]
+    fn the_probe_target_stops_for_retired_or_gone_instances() {
+        let now = Instant::now();
+        let mut s = state(1, &[], now);
+        let mut p = pod("a", 2);
+        p.readiness_path = Some("/healthz".into());
+        p.port = None;
+        let id = s.upsert_pod(p.clone(), now).expect("probe");
+        assert_eq!(
+            s.probe_target(id),
+            Some(ProbeTarget {
+                addr: "10.244.0.2:8080".parse().unwrap(),
+                path: Some("/healthz".into())
+            })
+        );
+        p.terminating = true;
+        s.upsert_pod(p, now);
+        assert_eq!(s.probe_target(id), None);
+        s.remove_pod("a", now);
+        assert_eq!(s.probe_target(id), None);
+    }
+
+    #[test]
+    fn a_deleted_function_sends_its_waiters_away() {
+        let now = Instant::now();
+        let mut s = FunctionState::new(now);
+        s.set_config(Some(config(1)), now);
+        let (w, mut rx, _, _) = queued(s.admit(now));
+        s.set_config(None, now);
+        assert!(rx.try_recv().is_err(), "the sender is gone");
+        assert!(matches!(s.take(w, now), Take::Gone));
+        assert!(s.is_unused());
+        assert!(matches!(s.admit(now), Admit::Unknown));
+    }
+
+    #[test]
+    fn raising_concurrency_wakes_waiters() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        placed(s.admit(now));
+        let (w, mut rx, _, _) = queued(s.admit(now));
+        s.set_config(Some(config(2)), now);
+        assert!(woken(&mut rx));
+        assert_eq!(assigned(s.take(w, now)).pod, "a");
+    }
+
+    #[test]
+    fn a_spurious_take_keeps_the_place_in_line() {
+        let now = Instant::now();
+        let mut s = state(1, &["a"], now);
+        let held = placed(s.admit(now));
+        let (w, _rx, _, _) = queued(s.admit(now));
+        let mut rx = match s.take(w, now) {
+            Take::Waiting(rx) => rx,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s.waiting(), 1);
+        s.release(held.instance, now);
+        assert!(woken(&mut rx));
+        assigned(s.take(w, now));
+        assert!(matches!(s.take(99, now), Take::Gone));
+    }
+
+    #[test]
+    fn reports_time_weighted_concurrency_requests_and_idle_times() {
+        let t0 = Instant::now();
+        let mut s = state(1, &["a", "b"], t0);
+        let ms = Duration::from_millis;
+        // 0-250 ms: one in flight; 250-500: two; 500-750: two in flight
+        // plus one waiting; 750-1000: nothing.
+        let a = placed(s.admit(t0 + ms(0)));
+        let b = placed(s.admit(t0 + ms(250)));
+        let (w, _rx, _, _) = queued(s.admit(t0 + ms(500)));
+        s.cancel(w, t0 + ms(750));
+        s.release(a.instance, t0 + ms(750));
+        let report = s.report("ns", "f", ms(1000), t0 + ms(1000));
+        assert_eq!(report.namespace, "ns");
+        assert_eq!(report.name, "f");
+        assert_eq!(report.requests, 3);
+        assert_eq!(report.waiting, 0);
+        assert!(
+            (report.concurrency - 1.5).abs() < 1e-9,
+            "{}",
+            report.concurrency
+        );
+        let by_pod = |pod: &str| {
+            report
+                .instances
+                .iter()
+                .find(|i| i.pod == pod)
+                .cloned()
+                .expect("listed")
+        };
+        assert_eq!(by_pod("a").idle_for_ms, Some(250));
+        assert_eq!(by_pod("a").in_flight, 0);
+        assert_eq!(by_pod("b").idle_for_ms, None, "busy");
+        assert_eq!(by_pod("b").in_flight, 1);
+
+        // The next interval starts empty: one in flight all along.
+        let report = s.report("ns", "f", ms(1000), t0 + ms(2000));
+        assert_eq!(report.requests, 0);
+        assert!((report.concurrency - 1.0).abs() < 1e-9);
+        s.release(b.instance, t0 + ms(2000));
+        let report = s.report("ns", "f", ms(500), t0 + ms(2500));
+        assert_eq!(report.concurrency, 0.0);
+        assert!(report.instances.iter().all(|i| !i.is_busy()));
+    }
+
+    #[test]
+    fn idle_time_of_a_new_instance_runs_from_when_it_was_learned() {
+        let t0 = Instant::now();
+        let mut s = state(1, &[], t0);
+        s.upsert_pod(pod("a", 2), t0);
+        let report = s.report("ns", "f", Duration::ZERO, t0 + Duration::from_millis(40));
+        assert_eq!(report.instances[0].idle_for_ms, Some(40));
+        assert_eq!(report.concurrency, 0.0);
+    }
+}
