@@ -430,7 +430,18 @@ pub fn decide(
             Why::Busy { busy },
         ),
     ];
+    // Windowed demand sizes the pool only while the function has traffic.
+    // Once nothing is in flight, waiting or arriving, each instance lives
+    // exactly its keep-alive past its own last request: a window still
+    // remembering the last burst must not keep instances (or create them).
+    let active = waiting > 0
+        || ready.iter().any(|r| r.in_flight > 0)
+        || fresh_functions().any(|f| f.requests > 0 || f.concurrency > 0.0);
+    if !active {
+        panic_state = None;
+    }
     match panic_state {
+        _ if !active => {}
         Some(state) => terms.push((
             panic_want.max(stable_want).max(state.max_desired),
             Why::Demand {

@@ -264,13 +264,14 @@ fn panic_starts_on_a_burst_holds_for_a_stable_window_then_ends() {
     let mut trigger = d.memory.panic.unwrap().last_trigger;
     assert_eq!(trigger, sim.now());
 
-    // Load drops back; panic keeps desired at its peak and reaps nothing,
-    // even an instance idle past its keep-alive. The panic window stays
-    // over the threshold for a few more seconds, each a new trigger.
+    // Load drops back to a trickle; panic keeps desired at its peak and
+    // reaps nothing, even an instance idle past its keep-alive. The panic
+    // window stays over the threshold for a few more seconds, each a new
+    // trigger.
     let pods: Vec<(&str, std::time::Instant)> = vec![("hello-a", t), ("hello-b", t)];
     while sim.now() + SEC < trigger + secs(60) {
         sim.advance(SEC);
-        sim.report_idle("act-a", &pods, 0.0);
+        sim.report_idle("act-a", &pods, 0.2);
         let d = sim.decide();
         assert!(d.panic);
         assert_eq!(d.desired, 9);
@@ -289,12 +290,37 @@ fn panic_starts_on_a_burst_holds_for_a_stable_window_then_ends() {
     sim.advance(MS);
     let d = sim.decide();
     assert!(!d.panic, "60s after the last trigger: {}", d.summary);
-    assert_eq!(d.desired, 0);
-    assert_eq!(
-        drained(&d).len(),
-        2,
-        "idle past keep-alive, reaped once calm"
-    );
+    assert_eq!(d.desired, 1, "the trickle still wants one instance");
+    assert_eq!(drained(&d).len(), 1, "the other, idle past keep-alive, goes");
+}
+
+#[test]
+fn traffic_stopping_ends_panic_and_every_instance_lives_exactly_its_keep_alive() {
+    let mut sim = Sim::new(Settings {
+        keep_alive: secs(5),
+        ..settings()
+    });
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.add_ready("hello-b", t);
+    sim.steady("act-a", 7.0, 5, &[]);
+    assert!(sim.decide().panic);
+    // The burst ends: a last request on hello-a, an earlier one on hello-b.
+    let last_a = sim.now();
+    let last_b = last_a - secs(2);
+    sim.advance(SEC);
+    sim.report_idle("act-a", &[("hello-a", last_a), ("hello-b", last_b)], 0.0);
+    let d = sim.decide();
+    assert!(!d.panic, "no traffic, no panic: {}", d.summary);
+    assert_eq!(d.desired, 0, "a window remembering the burst creates nothing");
+    assert_eq!(expiry(&d, "hello-a").expires_at, Some(last_a + secs(5)));
+    assert_eq!(expiry(&d, "hello-b").expires_at, Some(last_b + secs(5)));
+    // Each goes at its own expiry, not a moment before.
+    sim.advance(last_b + secs(5) - MS - sim.now());
+    sim.report_idle("act-a", &[("hello-a", last_a), ("hello-b", last_b)], 0.0);
+    assert!(sim.decide().drain.is_empty());
+    sim.advance(MS);
+    assert_eq!(drained(&sim.decide()), ["hello-b"]);
 }
 
 #[test]
