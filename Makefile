@@ -10,7 +10,7 @@ KUBECTL := $(THAW_CACHE)/k8s-$(KUBERNETES_VERSION)/bin/kubectl
 
 .PHONY: help
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-16s %s\n", $$1, $$2 }'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-16s %s\n", $$1, $$2 }'
 
 .PHONY: tools
 tools: ## Build the local cluster's binaries (Kubernetes, etcd, helm) into ~/.cache/thaw once.
@@ -22,8 +22,9 @@ build: ## Build every crate.
 	$(CARGO) build --workspace --all-targets
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust API types.
+crds: ## Regenerate crds/ from the Rust API types, and the chart's copy and manifests/install.yaml with it.
 	$(CARGO) run --quiet -p thaw -- crd > crds/functions.thaw.dev.yaml
+	$(MAKE) manifests
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings denied.
@@ -44,6 +45,36 @@ dev: cluster-up ## Run thaw on the local cluster and print a curl that cold-star
 	$(CARGO) build -p thaw
 	bash e2e/dev.sh
 
+.PHONY: bench-activator
+bench-activator: ## Benchmark hello directly and through the activator (release build; docs/benchmarks.md).
+	$(CARGO) build --release -p thaw -p thaw-sample-functions
+	$(CARGO) bench -p thaw-activator --bench proxy
+
+.PHONY: chart-lint
+chart-lint: ## Chart checks: helm lint, rendering, schema refusals, no drift of its CRD and manifests/install.yaml.
+	bash e2e/chart/check.sh
+
+.PHONY: manifests
+manifests: ## Copy the CRD into charts/thaw and render manifests/install.yaml from the chart.
+	cp crds/functions.thaw.dev.yaml charts/thaw/crds/functions.thaw.dev.yaml
+	bash e2e/chart/render.sh > manifests/install.yaml.tmp
+	mv manifests/install.yaml.tmp manifests/install.yaml
+
+# Images (Docker needed; not on the development machines).
+DOCKER ?= docker
+THAW_VERSION := $(shell sed -n 's/^appVersion: *"\(.*\)"$$/\1/p' charts/thaw/Chart.yaml)
+IMAGE ?= thaw.dev/thaw:$(THAW_VERSION)
+
+.PHONY: images
+images: ## Build the thaw image and the sample function images with docker.
+	$(DOCKER) build -t $(IMAGE) .
+	$(DOCKER) build -f examples/functions/Dockerfile --target hello -t thaw.dev/samples/hello:latest .
+	$(DOCKER) build -f examples/functions/Dockerfile --target testfn -t thaw.dev/samples/testfn:latest .
+
+.PHONY: kind-e2e
+kind-e2e: ## On a kind cluster: build and load the images, helm install, run the e2e tests (Docker needed).
+	bash e2e/kind/run.sh
+
 .PHONY: test
-test: tools lint build ## Every test: lint, unit tests, and tests against the local cluster.
+test: tools lint build chart-lint ## Every test: lint, unit tests, chart checks, and tests against the local cluster.
 	bash e2e/run-tests.sh

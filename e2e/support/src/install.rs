@@ -15,9 +15,12 @@ use serde_json::{Value, json};
 
 use crate::{Cluster, cluster::client_from, fixtures::repo_root};
 
-/// The chart.
+/// The chart: `charts/thaw`, or `$THAW_CHART` (a changed copy, to see a
+/// test fail).
 pub fn chart_dir() -> PathBuf {
-    repo_root().join("charts/thaw")
+    std::env::var_os("THAW_CHART")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("charts/thaw"))
 }
 
 /// helm: `$THAW_HELM`, else the one `make tools` builds into the cache, else

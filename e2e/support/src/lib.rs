@@ -7,9 +7,10 @@ pub mod cluster;
 pub mod fixtures;
 pub mod http;
 pub mod install;
+pub mod metrics;
 pub mod process;
 pub mod wait;
 
 pub use cluster::{Cluster, TestNamespace};
-pub use process::Operator;
+pub use process::{Activator, Operator};
 pub use wait::wait_until;

@@ -133,3 +133,134 @@ impl Drop for Operator {
         self.stop();
     }
 }
+
+/// A running `thaw activator`, reporting to one operator.
+pub struct Activator {
+    child: Child,
+    pub id: String,
+    /// Where functions are served.
+    pub http_port: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin_port: u16,
+    log: PathBuf,
+}
+
+impl Activator {
+    /// Starts `thaw activator` watching only `namespace` and reporting to
+    /// `operator`'s `/v1/stats`, with `extra` flags appended (they may
+    /// override the defaults, e.g. `--header-read-timeout 1s`).
+    pub fn start(
+        cluster: &Cluster,
+        namespace: &str,
+        operator: &Operator,
+        id: &str,
+        extra: &[&str],
+    ) -> Result<Activator> {
+        let http_port = free_port()?;
+        let admin_port = free_port()?;
+        let log_dir = repo_root().join(".cluster/logs/tests");
+        std::fs::create_dir_all(&log_dir)?;
+        let log = log_dir.join(format!("{namespace}-{id}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(thaw_binary())
+            .arg("activator")
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig())
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--watch-namespace", namespace])
+            .args([
+                "--autoscaler-url",
+                &format!("http://127.0.0.1:{}/v1/stats", operator.http_port),
+            ])
+            .args(["--id", id])
+            .args(extra)
+            .env("RUST_LOG", "info,thaw_activator=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", thaw_binary().display()))?;
+        Ok(Activator {
+            child,
+            id: id.to_owned(),
+            http_port,
+            admin_port,
+            log,
+        })
+    }
+
+    /// The proxy's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.admin_port))
+    }
+
+    /// Waits until `/readyz` answers 200 (its caches synced).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let admin = self.admin_addr();
+        crate::wait_until("the activator to be ready", timeout, || async move {
+            let reply =
+                crate::http::get(admin, "localhost", "/readyz", Duration::from_secs(2)).await?;
+            Ok((reply.status == 200).then_some(()))
+        })
+        .await
+    }
+
+    /// The Prometheus text on `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        let reply = crate::http::get(
+            self.admin_addr(),
+            "localhost",
+            "/metrics",
+            Duration::from_secs(5),
+        )
+        .await?;
+        Ok(reply.body)
+    }
+
+    /// What the activator logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; the exit status, if it exited.
+    pub fn stop_within(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Activator {
+    fn drop(&mut self) {
+        self.stop_within(Duration::from_secs(10));
+    }
+}

@@ -1,5 +1,36 @@
 //! thaw's activator: the data plane every request to a function passes
-//! through. It holds requests while instances cold-start, never puts more than
-//! `concurrency` requests on one instance, and reports what is in flight where.
+//! through. It routes by Host or path, holds requests in a bounded FIFO
+//! queue while instances cold-start, never puts more than `concurrency`
+//! requests on one instance, packs requests so surplus instances go idle and
+//! expire, and reports what is in flight where to the autoscaler.
 //!
-//! Not built yet: the activator issue fills this crate.
+//! The core is pure and synchronous, tested without a cluster or a network:
+//!
+//! - [`route`]: which function a request is for.
+//! - [`place`]: which instance takes it.
+//! - [`table`]: one function's instances, queue and stats.
+//! - [`breaker`]: the registry of functions and the RAII [`breaker::Lease`]
+//!   and [`breaker::Waiter`] requests hold.
+//!
+//! Thin adapters connect it to the world: [`watch`] (Kubernetes reflectors),
+//! [`probe`] (readiness), [`proxy`] with [`body`], [`headers`] and [`conn`]
+//! (HTTP), [`report`] (stats to the autoscaler), [`admin`] and [`metrics`].
+//! [`run`] puts them together. `docs/activator.md` describes the design.
+
+pub mod admin;
+pub mod body;
+pub mod breaker;
+pub mod conn;
+pub mod headers;
+pub mod metrics;
+pub mod place;
+pub mod probe;
+pub mod proxy;
+pub mod report;
+pub mod route;
+pub mod run;
+pub mod table;
+pub mod watch;
+
+pub use proxy::ProxyOptions;
+pub use run::{Options, StaticFunction, run};

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use http::StatusCode;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, exponential_buckets,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, exponential_buckets,
 };
 
 /// The `kind` label values of `thaw_activator_upstream_errors_total`.
@@ -147,7 +147,12 @@ impl Metrics {
         let _ = self.queue_wait.remove_label_values(&labels);
         let _ = self.cold_starts.remove_label_values(&labels);
         let _ = self.proxy_latency.remove_label_values(&labels);
-        for (code, _) in function.codes.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        for (code, _) in function
+            .codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             let _ = self
                 .requests
                 .remove_label_values(&[labels[0], labels[1], code.as_str()]);

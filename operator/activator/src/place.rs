@@ -65,10 +65,18 @@ pub struct Candidate {
 /// soft cap there is no hard limit to pack up to; the least busy instance
 /// takes the request then, so one instance does not take all the overflow.
 pub fn pick(candidates: &[Candidate], limits: Limits) -> Option<usize> {
-    let any_current = candidates.iter().any(|c| c.placeable && c.current);
+    pick_from(candidates.iter().copied(), limits)
+}
+
+/// [`pick`] over any re-iterable sequence of candidates (no allocation).
+pub fn pick_from<I>(candidates: I, limits: Limits) -> Option<usize>
+where
+    I: Iterator<Item = Candidate> + Clone,
+{
+    let any_current = candidates.clone().any(|c| c.placeable && c.current);
     let eligible = || {
         candidates
-            .iter()
+            .clone()
             .enumerate()
             .filter(move |(_, c)| c.placeable && (c.current || !any_current))
     };

@@ -51,9 +51,9 @@ pub enum RouteError {
     #[error("malformed function path {path:?}: {why}")]
     BadPath { path: String, why: String },
     #[error(
-        "cannot route Host {host:?}: it is not <name>.<namespace>.{domain} (or .svc, .svc.cluster.local) and the path is not /fn/<namespace>/<name>/..."
+        "cannot route Host {host:?}: it is not {forms}, and the path is not /fn/<namespace>/<name>/..."
     )]
-    NoRoute { host: String, domain: String },
+    NoRoute { host: String, forms: String },
 }
 
 /// Routes requests for one cluster domain.
@@ -61,7 +61,8 @@ pub enum RouteError {
 pub struct Router {
     /// Host suffixes that follow `<name>.<namespace>`, each with its leading dot.
     suffixes: Vec<String>,
-    domain: String,
+    /// The Host forms, for error messages.
+    forms: String,
 }
 
 impl Router {
@@ -77,8 +78,13 @@ impl Router {
         // Longest first, so `.svc.cluster.local` is tried before `.svc`...
         // which cannot both match anyway, but a custom domain ending in one
         // of them must be taken whole.
+        let forms = suffixes
+            .iter()
+            .map(|s| format!("<name>.<namespace>{s}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { suffixes, domain }
+        Self { suffixes, forms }
     }
 
     /// Routes a request with Host `host` (the header, or the URI authority
@@ -118,7 +124,7 @@ impl Router {
             (None, None) => Err(RouteError::MissingHost),
             (None, Some(host)) => Err(RouteError::NoRoute {
                 host: host.to_owned(),
-                domain: self.domain.clone(),
+                forms: self.forms.clone(),
             }),
         }
     }
@@ -225,7 +231,7 @@ fn by_path(uri: &Uri) -> Result<Route, RouteError> {
     let tail = parts.next();
     if namespace.is_empty() || name.is_empty() {
         return Err(bad(
-            "it must be /fn/<namespace>/<name>/..., naming both".into(),
+            "it must be /fn/<namespace>/<name>/..., naming both".into()
         ));
     }
     for (what, value) in [("namespace", namespace), ("function name", name)] {
@@ -342,7 +348,12 @@ mod tests {
             ("/fn/ns/hello/a?x=%20", "/a?x=%20"),
             ("/fn/ns/hello//double", "//double"),
         ] {
-            for host in [None, Some("127.0.0.1:8080"), Some("localhost"), Some("[::1]:80")] {
+            for host in [
+                None,
+                Some("127.0.0.1:8080"),
+                Some("localhost"),
+                Some("[::1]:80"),
+            ] {
                 assert_eq!(
                     route(&router, host, path),
                     Ok(target("ns", "hello", Some(forwarded))),
@@ -435,7 +446,10 @@ mod tests {
         }
         assert_eq!(route(&router, None, "/"), Err(RouteError::MissingHost));
         let error = route(&router, Some("example.com"), "/").unwrap_err();
-        assert!(error.to_string().contains("svc.cluster.local"), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "cannot route Host \"example.com\": it is not <name>.<namespace>.svc.cluster.local or <name>.<namespace>.svc, and the path is not /fn/<namespace>/<name>/..."
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http::uri::Authority;
 use thaw_core::{FunctionReport, InstanceReport};
 use tokio::sync::oneshot;
 
@@ -87,6 +88,8 @@ pub struct Instance {
     in_flight: u32,
     /// When `in_flight` last dropped to 0, or when the instance was learned of.
     idle_since: Instant,
+    /// The address as a URI authority, made once.
+    authority: Option<(SocketAddr, Authority)>,
 }
 
 impl Instance {
@@ -135,6 +138,8 @@ pub struct Slot {
     pub instance: InstanceId,
     pub pod: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority.
+    pub authority: Authority,
 }
 
 /// Where and how to probe an instance.
@@ -230,6 +235,11 @@ impl FunctionState {
         &self.instances
     }
 
+    /// The Function exists but does not decode.
+    pub fn is_invalid(&self) -> bool {
+        self.invalid.is_some()
+    }
+
     /// Requests waiting now.
     pub fn waiting(&self) -> usize {
         self.queue.len()
@@ -307,6 +317,7 @@ impl FunctionState {
                     gone: false,
                     in_flight: 0,
                     idle_since: now,
+                    authority: None,
                 });
                 self.instances.len() - 1
             }
@@ -349,8 +360,7 @@ impl FunctionState {
             .collect()
     }
 
-    /// A new request wants an instance. `count` it as received (a retry of
-    /// an admitted request is not counted again).
+    /// A new request wants an instance; it counts as received.
     pub fn admit(&mut self, now: Instant) -> Admit {
         self.touch(now);
         self.requests += 1;
@@ -566,16 +576,12 @@ impl FunctionState {
 
     fn pick(&self) -> Option<usize> {
         let config = self.config.as_ref()?;
-        let candidates: Vec<Candidate> = self
-            .instances
-            .iter()
-            .map(|i| Candidate {
-                placeable: i.placeable(config),
-                current: i.current(config),
-                in_flight: i.in_flight,
-            })
-            .collect();
-        place::pick(&candidates, config.limits)
+        let candidates = self.instances.iter().map(|i| Candidate {
+            placeable: i.placeable(config),
+            current: i.current(config),
+            in_flight: i.in_flight,
+        });
+        place::pick_from(candidates, config.limits)
     }
 
     fn occupy(&mut self, index: usize) -> Slot {
@@ -583,13 +589,24 @@ impl FunctionState {
         let instance = &mut self.instances[index];
         instance.in_flight += 1;
         self.in_flight += 1;
+        // Placeable instances have an address.
+        let addr = instance
+            .addr(default_port)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)));
+        let authority = match &instance.authority {
+            Some((cached, authority)) if *cached == addr => authority.clone(),
+            _ => {
+                let authority = Authority::try_from(addr.to_string().as_str())
+                    .unwrap_or_else(|_| Authority::from_static("0.0.0.0"));
+                instance.authority = Some((addr, authority.clone()));
+                authority
+            }
+        };
         Slot {
             instance: instance.id,
             pod: instance.pod.name.clone(),
-            // Placeable instances have an address.
-            addr: instance
-                .addr(default_port)
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port))),
+            addr,
+            authority,
         }
     }
 
@@ -834,7 +851,7 @@ mod tests {
         let on_a = placed(s.admit(now));
         let on_b = placed(s.admit(now));
         let (w1, mut rx1, _, _) = queued(s.admit(now));
-        let (w2, mut rx2, _, _) = queued(s.admit(now));
+        let (_w2, mut rx2, _, _) = queued(s.admit(now));
         s.release(on_a.instance, now);
         assert!(woken(&mut rx1));
         // Pod a is deleted before w1 picks its slot up.
@@ -1090,7 +1107,7 @@ mod tests {
         let mut s = state(1, &["a", "b"], t0);
         let ms = Duration::from_millis;
         // 0-250 ms: one in flight; 250-500: two; 500-750: two in flight
-        // plus one waiting; 750-1000: nothing.
+        // plus one waiting; 750-1000: one (b).
         let a = placed(s.admit(t0 + ms(0)));
         let b = placed(s.admit(t0 + ms(250)));
         let (w, _rx, _, _) = queued(s.admit(t0 + ms(500)));
@@ -1102,7 +1119,7 @@ mod tests {
         assert_eq!(report.requests, 3);
         assert_eq!(report.waiting, 0);
         assert!(
-            (report.concurrency - 1.5).abs() < 1e-9,
+            (report.concurrency - 1.75).abs() < 1e-9,
             "{}",
             report.concurrency
         );

@@ -291,7 +291,11 @@ fn panic_starts_on_a_burst_holds_for_a_stable_window_then_ends() {
     let d = sim.decide();
     assert!(!d.panic, "60s after the last trigger: {}", d.summary);
     assert_eq!(d.desired, 1, "the trickle still wants one instance");
-    assert_eq!(drained(&d).len(), 1, "the other, idle past keep-alive, goes");
+    assert_eq!(
+        drained(&d).len(),
+        1,
+        "the other, idle past keep-alive, goes"
+    );
 }
 
 #[test]
@@ -312,7 +316,10 @@ fn traffic_stopping_ends_panic_and_every_instance_lives_exactly_its_keep_alive()
     sim.report_idle("act-a", &[("hello-a", last_a), ("hello-b", last_b)], 0.0);
     let d = sim.decide();
     assert!(!d.panic, "no traffic, no panic: {}", d.summary);
-    assert_eq!(d.desired, 0, "a window remembering the burst creates nothing");
+    assert_eq!(
+        d.desired, 0,
+        "a window remembering the burst creates nothing"
+    );
     assert_eq!(expiry(&d, "hello-a").expires_at, Some(last_a + secs(5)));
     assert_eq!(expiry(&d, "hello-b").expires_at, Some(last_b + secs(5)));
     // Each goes at its own expiry, not a moment before.

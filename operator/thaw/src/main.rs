@@ -38,6 +38,8 @@ enum Command {
     Crd,
     /// Run the controller and the autoscaler.
     Operator(Box<OperatorArgs>),
+    /// Run the activator: the proxy every request to a function passes through.
+    Activator(Box<ActivatorArgs>),
 }
 
 #[derive(Args)]
@@ -84,6 +86,70 @@ struct OperatorArgs {
     activator_selector: Option<String>,
 }
 
+#[derive(Args)]
+struct ActivatorArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Address functions are served on (HTTP/1.1 and h2c).
+    #[arg(long, env = "THAW_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "THAW_ADMIN_ADDR", default_value = "0.0.0.0:9091")]
+    admin_addr: SocketAddr,
+    /// Domain of Function URLs: http://<name>.<namespace>.<domain>.
+    #[arg(long, env = "THAW_DOMAIN", default_value = "svc.cluster.local")]
+    domain: String,
+    /// Watch only this namespace's Functions and pods (all namespaces when unset).
+    #[arg(long, env = "THAW_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// The autoscaler's stats endpoint, e.g. http://thaw-operator.thaw-system.svc:9090/v1/stats;
+    /// repeatable (or comma-separated). Every address the host resolves to gets each report.
+    #[arg(
+        long = "autoscaler-url",
+        env = "THAW_AUTOSCALER_URLS",
+        value_delimiter = ','
+    )]
+    autoscaler_urls: Vec<String>,
+    /// This replica's id in stats reports; the pod name in a cluster, random when unset.
+    #[arg(long, env = "POD_NAME")]
+    id: Option<String>,
+    /// Largest request body in bytes: a larger Content-Length gets 413, a
+    /// streamed body is cut when it passes the limit.
+    #[arg(long, env = "THAW_MAX_BODY_BYTES", default_value_t = 10 << 20)]
+    max_body_bytes: u64,
+    /// Longest a client may take to send a request's headers (408 after).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Longest a client may pause while sending a request body (408 after).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    body_idle_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; at least 8192.
+    #[arg(long, default_value_t = 64 << 10)]
+    max_header_bytes: usize,
+    /// Most headers in one request.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+    /// Time between stats reports.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    report_interval: Duration,
+    /// Longest shutdown waits for open requests: every request ends within its
+    /// function's timeout (at most 15m), waiting included.
+    #[arg(long, default_value = "16m", value_parser = duration)]
+    drain_timeout: Duration,
+    /// Serve a function without Kubernetes: <namespace>/<name>=<ip:port>[,concurrency=<n>],
+    /// one instance at that address (repeatable; for benchmarks). No cluster is contacted
+    /// when given.
+    #[arg(long = "static-function")]
+    static_functions: Vec<thaw_activator::StaticFunction>,
+}
+
+/// A duration written like 500ms, 10s or 1m30s.
+fn duration(text: &str) -> Result<Duration, String> {
+    thaw_api::GoDuration::from(text)
+        .parse()
+        .map_err(|e| e.to_string())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -105,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("writing the CRD")?;
         }
         Command::Operator(args) => operator(*args).await?,
+        Command::Activator(args) => activator(*args).await?,
     }
     Ok(())
 }
@@ -133,6 +200,43 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         activator_selector: args.activator_selector,
     };
     thaw_controller::run::run(client, options, shutdown_signal()?.boxed()).await
+}
+
+async fn activator(args: ActivatorArgs) -> anyhow::Result<()> {
+    let client = if args.static_functions.is_empty() {
+        Some(client(&args.cluster).await?)
+    } else {
+        None
+    };
+    let id = args.id.unwrap_or_else(|| {
+        format!(
+            "thaw-activator-{}",
+            Alphanumeric
+                .sample_string(&mut rand::rng(), 8)
+                .to_lowercase()
+        )
+    });
+    let options = thaw_activator::Options {
+        proxy: thaw_activator::ProxyOptions {
+            domain: args.domain,
+            max_body_bytes: args.max_body_bytes,
+            header_read_timeout: args.header_read_timeout,
+            body_idle_timeout: args.body_idle_timeout,
+            max_header_bytes: args.max_header_bytes,
+            max_headers: args.max_headers,
+            ..thaw_activator::ProxyOptions::default()
+        },
+        http_addr: args.http_addr,
+        admin_addr: args.admin_addr,
+        watch_namespace: args.watch_namespace,
+        autoscaler_urls: args.autoscaler_urls,
+        id,
+        report_interval: args.report_interval,
+        report_timeout: Duration::from_secs(1),
+        drain_timeout: args.drain_timeout,
+        static_functions: args.static_functions,
+    };
+    thaw_activator::run(client, options, shutdown_signal()?.boxed()).await
 }
 
 async fn client(args: &ClusterArgs) -> anyhow::Result<Client> {

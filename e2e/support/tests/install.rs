@@ -1,0 +1,717 @@
+//! The install path on the test cluster: `helm install` of `charts/thaw`
+//! succeeds, and thaw runs with the chart's ServiceAccount credentials (a
+//! TokenRequest token, the API server enforcing the chart's RBAC, not the
+//! admin certificate). A permission the chart forgot fails these tests: the
+//! operator cannot lead, create, annotate or delete pods, apply Services,
+//! write status or publish events, and each of those is checked.
+//!
+//! The static chart checks (lint, schema, drift of the generated copies) are
+//! `e2e/chart/check.sh`, run by `make chart-lint`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{Namespace, Pod, Secret, Service},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchParams},
+};
+use serde_json::json;
+use thaw_api::{Function, keys::FUNCTION_LABEL};
+use thaw_e2e::{
+    Cluster, Operator, TestNamespace,
+    fixtures::repo_root,
+    http,
+    install::{Release, chart_dir, helm, service_account_kubeconfig},
+    process::{free_port, thaw_binary},
+    wait_until,
+};
+use tokio::io::AsyncWriteExt;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Which RBAC the chart renders.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `watchNamespaces: []`: ClusterRoles.
+    AllNamespaces,
+    /// `watchNamespaces: [<ns>]`: Roles in that namespace only.
+    OneNamespace,
+}
+
+#[tokio::test]
+async fn thaw_runs_with_the_charts_cluster_wide_rbac() {
+    run_with_chart_credentials(Mode::AllNamespaces).await;
+}
+
+#[tokio::test]
+async fn thaw_runs_with_the_charts_namespaced_rbac() {
+    run_with_chart_credentials(Mode::OneNamespace).await;
+}
+
+/// Installs the chart (no replicas: the process node cannot give pods their
+/// ServiceAccount token, see docs/install.md), then runs `thaw operator` and
+/// `thaw activator` as local processes with the arguments of the chart's own
+/// Deployments and tokens of the chart's ServiceAccounts, through a
+/// Function's life: one ready instance with status, Service and events,
+/// requests through the activator, reaped after its keep-alive, a cold start
+/// from zero, reaped again. The accounts' denials are checked too.
+async fn run_with_chart_credentials(mode: Mode) {
+    let cluster = Cluster::shared().await.expect("cluster");
+    cluster.install_function_crd().await.expect("CRD");
+    let system = cluster.namespace("inst-sys").await.expect("namespace");
+    let apps = cluster.namespace("inst-fn").await.expect("namespace");
+    enforce_restricted_pod_security(&cluster, &system)
+        .await
+        .expect("label the release namespace");
+
+    // Declared after the namespaces, so dropped (uninstalled) before them.
+    let name = format!("thaw-{}", system.name.trim_start_matches("inst-sys-"));
+    let mut set = vec![
+        "operator.replicas=0".to_owned(),
+        "activator.replicas=0".to_owned(),
+    ];
+    if mode == Mode::OneNamespace {
+        set.push(format!("watchNamespaces={{{}}}", apps.name));
+    }
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    let release = Release::install(&cluster, &name, &system.name, &set)
+        .await
+        .expect("helm install");
+
+    pods_of_the_chart_meet_restricted_pod_security(&cluster, &release)
+        .await
+        .expect("restricted Pod Security");
+    let activator_kubeconfig = check_activator_account(&cluster, &release, &apps, mode)
+        .await
+        .expect("activator account");
+
+    let (kubeconfig, operator_client) =
+        service_account_kubeconfig(&cluster, &system.name, &release.operator())
+            .await
+            .expect("operator token");
+    check_operator_account(&operator_client, &system, &apps, mode)
+        .await
+        .expect("operator account");
+
+    let identity = "chart-operator";
+    let args = chart_args(
+        &cluster,
+        &release,
+        "operator",
+        "--identity",
+        identity,
+        &apps.name,
+        mode,
+    )
+    .await
+    .expect("the chart's operator arguments");
+    let operator = Operator::start_args(
+        &kubeconfig,
+        &format!("{}-{identity}", system.name),
+        identity,
+        &args,
+    )
+    .expect("operator");
+
+    let activator_id = "chart-activator";
+    let mut args = chart_args(
+        &cluster,
+        &release,
+        "activator",
+        "--id",
+        activator_id,
+        &apps.name,
+        mode,
+    )
+    .await
+    .expect("the chart's activator arguments");
+    // The chart's URL names the operator's headless Service, which only
+    // cluster DNS resolves; here the operator listens on loopback.
+    let chart_url = format!(
+        "--autoscaler-url=http://{}.{}.svc:9090/v1/stats",
+        release.operator(),
+        system.name
+    );
+    let Some(url) = args.iter().position(|a| *a == chart_url) else {
+        panic!("no {chart_url} in {args:?}");
+    };
+    args[url] = format!(
+        "--autoscaler-url=http://127.0.0.1:{}/v1/stats",
+        operator.http_port
+    );
+    let activator = ChartActivator::start(
+        &activator_kubeconfig,
+        &format!("{}-{activator_id}", system.name),
+        &args,
+    )
+    .expect("activator");
+    let logs = || {
+        format!(
+            "operator log:\n{}\nactivator log:\n{}",
+            operator.log(),
+            activator.log()
+        )
+    };
+    activator
+        .wait_ready()
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+
+    // The Lease in the release namespace, held by this operator.
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), &system.name);
+    wait_until("the operator to hold its Lease", WAIT, || async {
+        let lease = leases.get_opt(&release.operator()).await?;
+        let holder = lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+        Ok((holder.as_deref() == Some(identity)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+
+    let functions: Api<Function> = apps.api();
+    let hello = |min: i32, keep_alive: &str| {
+        json!({
+            "apiVersion": "thaw.dev/v1alpha1",
+            "kind": "Function",
+            "metadata": { "name": "hello" },
+            "spec": {
+                "image": "thaw.dev/samples/hello:latest",
+                "scaling": { "minInstances": min, "keepAlive": keep_alive },
+            },
+        })
+    };
+    functions
+        .patch(
+            "hello",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(hello(1, "5m")),
+        )
+        .await
+        .expect("apply Function");
+
+    // pods create + the pod watch.
+    wait_until("one ready instance of hello", WAIT, || async {
+        let pods = instance_pods(&apps).await?;
+        Ok((pods.len() == 1 && pods.iter().all(is_ready)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+
+    // functions/status by server-side apply.
+    let status = wait_until("hello's status: 1 ready, Ready=True", WAIT, || async {
+        let status = functions.get("hello").await?.status;
+        Ok(status.filter(|s| {
+            s.instances.as_ref().map(|i| i.ready) == Some(1)
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        }))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    let host = format!("hello.{}.svc.cluster.local", apps.name);
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("http://{host}").as_str())
+    );
+
+    // services: the ExternalName Service points at the chart's activator Service.
+    let service = apps.api::<Service>().get("hello").await.expect("Service");
+    assert_eq!(
+        service.spec.and_then(|s| s.external_name).as_deref(),
+        Some(format!("{}.{}.svc.cluster.local", release.activator(), system.name).as_str())
+    );
+
+    // events.k8s.io: the Created event (a failure to publish is only logged).
+    wait_until("a Created event about hello", WAIT, || async {
+        let events = apps.api::<Event>().list(&ListParams::default()).await?;
+        Ok(events
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Created")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("hello")
+            })
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+
+    // The activator routes by Host to the instance it learnt from its watches.
+    let reply = wait_until("a 200 through the activator by Host", WAIT, || async {
+        let reply = http::get(activator.addr(), &host, "/", Duration::from_secs(10)).await?;
+        Ok((reply.status == 200).then_some(reply))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert!(!reply.body.is_empty(), "empty reply: {reply:?}");
+
+    // pods patch (drain) and delete: at minInstances 0 the idle instance is
+    // reaped after its 1s keep-alive.
+    functions
+        .patch(
+            "hello",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(hello(0, "1s")),
+        )
+        .await
+        .expect("apply Function");
+    wait_until("hello to scale to zero", WAIT, || async {
+        Ok(instance_pods(&apps).await?.is_empty().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+
+    // A cold start from zero by path: the request waits, the activator pokes
+    // the autoscaler, the operator creates an instance, the request is served;
+    // then the instance goes again after its keep-alive.
+    let reply = http::get(
+        activator.addr(),
+        "localhost",
+        &format!("/fn/{}/hello/", apps.name),
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert_eq!(reply.status, 200, "{reply:?}\n{}", logs());
+    assert!(
+        reply.headers.contains_key("thaw-cold-start"),
+        "no Thaw-Cold-Start header on a cold start: {reply:?}"
+    );
+    wait_until("hello to scale to zero again", WAIT, || async {
+        Ok(instance_pods(&apps).await?.is_empty().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+
+    let text = logs();
+    assert!(
+        !text.to_lowercase().contains("forbidden"),
+        "a component was refused something:\n{text}"
+    );
+    drop(activator);
+    drop(operator);
+    drop(release);
+}
+
+/// `thaw activator` run here with a kubeconfig and arguments of the test's
+/// choosing (the chart's), on loopback ports; stopped when dropped.
+struct ChartActivator {
+    child: Child,
+    http_port: u16,
+    admin_port: u16,
+    log: PathBuf,
+}
+
+impl ChartActivator {
+    fn start(kubeconfig: &Path, log_name: &str, args: &[String]) -> Result<ChartActivator> {
+        let http_port = free_port()?;
+        let admin_port = free_port()?;
+        let dir = repo_root().join(".cluster/logs/tests");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("{log_name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(thaw_binary())
+            .arg("activator")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg(format!("--http-addr=127.0.0.1:{http_port}"))
+            .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
+            .args(args)
+            .env("RUST_LOG", "info,thaw_activator=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting thaw activator")?;
+        Ok(ChartActivator {
+            child,
+            http_port,
+            admin_port,
+            log,
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let admin = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
+        wait_until("the activator to be ready", WAIT, || async move {
+            let reply = http::get(admin, "localhost", "/readyz", Duration::from_secs(2)).await?;
+            Ok((reply.status == 200).then_some(()))
+        })
+        .await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChartActivator {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A component's arguments as the chart's Deployment renders them, made
+/// runnable here: the subcommand and the listen addresses dropped (the
+/// caller picks loopback ports), `$(VAR)` expanded as Kubernetes would, the
+/// pod name passed as a flag, and, in the all-namespaces mode,
+/// `--watch-namespace` added so this component leaves other tests'
+/// Functions alone.
+async fn chart_args(
+    cluster: &Cluster,
+    release: &Release,
+    component: &str,
+    name_flag: &str,
+    identity: &str,
+    apps: &str,
+    mode: Mode,
+) -> Result<Vec<String>> {
+    let deployment_name = format!("{}-{component}", release.name);
+    let deployment = Api::<Deployment>::namespaced(cluster.client(), &release.namespace)
+        .get(&deployment_name)
+        .await?;
+    let container = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == component))
+        .with_context(|| format!("{deployment_name} has no `{component}` container"))?;
+    let args = container.args.unwrap_or_default();
+    if args.first().map(String::as_str) != Some(component) {
+        bail!("{deployment_name} does not run `thaw {component}`: {args:?}");
+    }
+    let watch = format!("--watch-namespace={apps}");
+    match mode {
+        Mode::OneNamespace if !args.contains(&watch) => bail!("no {watch} in {args:?}"),
+        Mode::AllNamespaces if args.iter().any(|a| a.starts_with("--watch-namespace")) => {
+            bail!("all-namespaces mode renders --watch-namespace: {args:?}")
+        }
+        _ => {}
+    }
+    let mut runnable: Vec<String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--http-addr") && !a.starts_with("--admin-addr"))
+        .map(|a| {
+            a.replace("$(POD_NAMESPACE)", &release.namespace)
+                .replace("$(POD_NAME)", identity)
+        })
+        .collect();
+    if let Some(unexpanded) = runnable.iter().find(|a| a.contains("$(")) {
+        bail!("an argument refers to a variable the test does not set: {unexpanded}");
+    }
+    runnable.push(format!("{name_flag}={identity}"));
+    if mode == Mode::AllNamespaces {
+        runnable.push(watch);
+    }
+    Ok(runnable)
+}
+
+/// The operator's account watches the activator pods in its own namespace
+/// (a refused watch there would only be retried quietly), and is refused
+/// secrets anywhere and, in the one-namespace mode, anything outside it.
+async fn check_operator_account(
+    operator: &Client,
+    system: &TestNamespace,
+    apps: &TestNamespace,
+    mode: Mode,
+) -> Result<()> {
+    let _events = Api::<Pod>::namespaced(operator.clone(), &system.name)
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .context("the operator watches pods in its own namespace")?;
+    for ns in [&system.name, &apps.name] {
+        expect_forbidden(
+            Api::<Secret>::namespaced(operator.clone(), ns)
+                .list(&ListParams::default())
+                .await,
+            &format!("list secrets in {ns}"),
+        )?;
+    }
+    if mode == Mode::OneNamespace {
+        expect_forbidden(
+            Api::<Pod>::all(operator.clone())
+                .list(&ListParams::default())
+                .await,
+            "list pods in all namespaces",
+        )?;
+        expect_forbidden(
+            Api::<Function>::namespaced(operator.clone(), "default")
+                .list(&ListParams::default())
+                .await,
+            "list Functions in another namespace",
+        )?;
+    }
+    Ok(())
+}
+
+/// The activator's account reads (and watches) Functions and pods where it
+/// serves, and may do nothing else.
+async fn check_activator_account(
+    cluster: &Cluster,
+    release: &Release,
+    apps: &TestNamespace,
+    mode: Mode,
+) -> Result<PathBuf> {
+    let (kubeconfig, activator) =
+        service_account_kubeconfig(cluster, &release.namespace, &release.activator()).await?;
+    let (functions, pods): (Api<Function>, Api<Pod>) = match mode {
+        Mode::AllNamespaces => (Api::all(activator.clone()), Api::all(activator.clone())),
+        Mode::OneNamespace => (
+            Api::namespaced(activator.clone(), &apps.name),
+            Api::namespaced(activator.clone(), &apps.name),
+        ),
+    };
+    functions
+        .list(&ListParams::default())
+        .await
+        .context("the activator lists Functions")?;
+    // A refused watch fails when it starts; the stream itself is not needed.
+    let _events = functions
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .context("the activator watches Functions")?;
+    pods.list(&ListParams::default().labels(FUNCTION_LABEL))
+        .await
+        .context("the activator lists pods")?;
+    let _events = pods
+        .watch(&WatchParams::default().timeout(1), "0")
+        .await
+        .context("the activator watches pods")?;
+    let in_apps = Api::<Pod>::namespaced(activator.clone(), &apps.name);
+    in_apps
+        .get_opt("no-such-pod")
+        .await
+        .context("the activator gets a pod")?;
+
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "not-allowed" },
+        "spec": { "containers": [{ "name": "c", "image": "thaw.dev/samples/hello" }] },
+    }))?;
+    expect_forbidden(in_apps.create(&dry_run, &pod).await, "create a pod")?;
+    expect_forbidden(
+        Api::<Secret>::namespaced(activator.clone(), &apps.name)
+            .list(&ListParams::default())
+            .await,
+        "list secrets",
+    )?;
+    expect_forbidden(
+        Api::<Lease>::namespaced(activator.clone(), &release.namespace)
+            .list(&ListParams::default())
+            .await,
+        "list Leases",
+    )?;
+    let status = json!({"apiVersion": "thaw.dev/v1alpha1", "kind": "Function", "status": {}});
+    expect_forbidden(
+        Api::<Function>::namespaced(activator.clone(), &apps.name)
+            .patch_status("hello", &PatchParams::apply("test"), &Patch::Apply(&status))
+            .await,
+        "write Function status",
+    )?;
+    if mode == Mode::OneNamespace {
+        expect_forbidden(
+            Api::<Function>::all(activator)
+                .list(&ListParams::default())
+                .await,
+            "list Functions in all namespaces",
+        )?;
+    }
+    Ok(kubeconfig)
+}
+
+/// Labels `ns` to enforce the "restricted" Pod Security Standard.
+async fn enforce_restricted_pod_security(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    let patch =
+        json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    Api::<Namespace>::all(cluster.client())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A pod made from each of the chart's pod templates is admitted (dry run)
+/// in the release namespace, which enforces the "restricted" standard.
+async fn pods_of_the_chart_meet_restricted_pod_security(
+    cluster: &Cluster,
+    release: &Release,
+) -> Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client(), &release.namespace);
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), &release.namespace);
+    for name in [release.operator(), release.activator()] {
+        let template = deployments
+            .get(&name)
+            .await?
+            .spec
+            .context("no spec")?
+            .template;
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}-pss")),
+                labels: template.metadata.and_then(|m| m.labels),
+                ..ObjectMeta::default()
+            },
+            spec: template.spec,
+            status: None,
+        };
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        pods.create(&dry_run, &pod)
+            .await
+            .with_context(|| format!("a pod of {name} under restricted Pod Security"))?;
+    }
+    Ok(())
+}
+
+/// Every object the chart renders with all its options on (bar the
+/// ServiceMonitors, whose CRD this cluster lacks) passes the API server's
+/// validation and admission, as a server-side dry run.
+#[tokio::test]
+async fn every_optional_object_is_accepted_by_the_api_server() {
+    let cluster = Cluster::shared().await.expect("cluster");
+    let ns = cluster.namespace("inst-opt").await.expect("namespace");
+    let chart = chart_dir();
+    let watch = format!("watchNamespaces={{{}}}", ns.name);
+    let rendered = helm(
+        cluster.kubeconfig(),
+        &[
+            "template",
+            "thaw-opt",
+            &chart.to_string_lossy(),
+            "--namespace",
+            &ns.name,
+            "--set",
+            &watch,
+            "--set",
+            "activator.autoscaling.enabled=true",
+            "--set",
+            "activator.ingress.enabled=true",
+            "--set",
+            "activator.ingress.hosts={*.fn.example.com}",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+            "--set",
+            "activator.maxBodyBytes=1048576",
+            "--set",
+            "activator.headerReadTimeout=10s",
+        ],
+    )
+    .await
+    .expect("helm template");
+    for kind in [
+        "HorizontalPodAutoscaler",
+        "Ingress",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Role",
+    ] {
+        assert!(
+            rendered.contains(&format!("kind: {kind}\n")),
+            "no {kind} rendered"
+        );
+    }
+    let mut kubectl = tokio::process::Command::new(kubectl_binary())
+        .args([
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--namespace",
+            &ns.name,
+            "-f",
+            "-",
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let mut stdin = kubectl.stdin.take().expect("stdin");
+    stdin.write_all(rendered.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = kubectl.wait_with_output().await.expect("kubectl");
+    assert!(
+        out.status.success(),
+        "the API server refused the rendered chart:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// kubectl of the cluster's version (`make tools`), else kubectl on `PATH`.
+fn kubectl_binary() -> PathBuf {
+    let versions =
+        std::fs::read_to_string(repo_root().join("e2e/versions.env")).unwrap_or_default();
+    let version = versions
+        .lines()
+        .find_map(|line| line.strip_prefix("KUBERNETES_VERSION="))
+        .unwrap_or_default();
+    let cache = std::env::var_os("THAW_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/thaw")))
+        .unwrap_or_default();
+    let built = cache.join(format!("k8s-{version}/bin/kubectl"));
+    if built.is_file() {
+        built
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
+/// `result` is the API server's 403.
+fn expect_forbidden<T>(result: kube::Result<T>, what: &str) -> Result<()> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        Err(error) => bail!("{what}: expected 403 Forbidden, got {error}"),
+        Ok(_) => bail!("{what}: allowed, but the chart should not grant it"),
+    }
+}
+
+async fn instance_pods(ns: &TestNamespace) -> Result<Vec<Pod>> {
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}=hello")))
+        .await?;
+    Ok(pods.items)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

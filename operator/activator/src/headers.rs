@@ -1,0 +1,221 @@
+//! Headers as a proxy must handle them: hop-by-hop headers (RFC 9110
+//! §7.6.1) end at the activator in both directions, and the request carries
+//! where it came from in `Forwarded` (RFC 7239) and the `X-Forwarded-*`
+//! headers.
+
+use std::net::IpAddr;
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, EXPECT, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE},
+    header::{TRAILER, TRANSFER_ENCODING, UPGRADE},
+};
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// On a response that waited for an instance: how long, e.g. `412ms`.
+pub const THAW_COLD_START: HeaderName = HeaderName::from_static("thaw-cold-start");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: the fixed list and every header the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client's request headers for the instance: hop-by-hop
+/// headers removed (and `Expect`, which the activator answered itself),
+/// `Host` kept (set from the HTTP/2 authority when the request had none),
+/// and the client's address, the original host and the scheme recorded.
+pub fn forward_request(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
+    strip_hop_by_hop(headers);
+    headers.remove(EXPECT);
+    let host_value = host.and_then(|h| HeaderValue::from_str(h).ok());
+    if let Some(value) = &host_value
+        && !headers.contains_key(HOST)
+    {
+        headers.insert(HOST, value.clone());
+    }
+
+    let client_text = client.to_string();
+    append(headers, X_FORWARDED_FOR, &client_text);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(value) = host_value
+        && !headers.contains_key(X_FORWARDED_HOST)
+    {
+        headers.insert(X_FORWARDED_HOST, value);
+    }
+
+    let node = match client {
+        IpAddr::V4(_) => client_text,
+        IpAddr::V6(_) => format!("\"[{client_text}]\""),
+    };
+    let mut element = format!("for={node}");
+    if let Some(host) = host.filter(|h| is_token(h)) {
+        element.push_str(";host=");
+        element.push_str(host);
+    } else if let Some(host) = host {
+        element.push_str(";host=\"");
+        element.push_str(&host.replace(['"', '\\'], ""));
+        element.push('"');
+    }
+    element.push_str(";proto=http");
+    append(headers, FORWARDED, &element);
+}
+
+/// Prepares an instance's response headers for the client.
+pub fn forward_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+/// Appends `value` to a comma-separated list header, creating it if absent.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let combined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    if let Ok(combined) = HeaderValue::from_str(&combined) {
+        headers.insert(name, combined);
+    }
+}
+
+/// An RFC 7230 token: what a `Forwarded` value may be without quotes.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("content-type", "text/plain"),
+            ("content-length", "5"),
+        ]);
+        strip_hop_by_hop(&mut map);
+        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["content-type", "content-length"]);
+    }
+
+    #[test]
+    fn the_request_records_where_it_came_from() {
+        let mut map = headers(&[("host", "hello.ns.svc:8080"), ("expect", "100-continue")]);
+        forward_request(
+            &mut map,
+            "10.0.0.7".parse().unwrap(),
+            Some("hello.ns.svc:8080"),
+        );
+        assert_eq!(map["host"], "hello.ns.svc:8080");
+        assert_eq!(map["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(map["x-forwarded-host"], "hello.ns.svc:8080");
+        assert_eq!(
+            map["forwarded"],
+            "for=10.0.0.7;host=\"hello.ns.svc:8080\";proto=http"
+        );
+        assert!(!map.contains_key("expect"));
+    }
+
+    #[test]
+    fn existing_forwarding_headers_are_appended_to() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+        ]);
+        forward_request(&mut map, "::1".parse().unwrap(), Some("localhost"));
+        assert_eq!(map["x-forwarded-for"], "203.0.113.9, ::1");
+        assert_eq!(map["x-forwarded-proto"], "https", "kept");
+        assert_eq!(map["x-forwarded-host"], "api.example.com", "kept");
+        assert_eq!(
+            map["forwarded"],
+            "for=203.0.113.9;proto=https, for=\"[::1]\";host=localhost;proto=http"
+        );
+        // An HTTP/2 request has no Host header: the authority becomes one.
+        assert_eq!(map["host"], "localhost");
+    }
+
+    #[test]
+    fn no_host_at_all() {
+        let mut map = HeaderMap::new();
+        forward_request(&mut map, "10.0.0.1".parse().unwrap(), None);
+        assert!(!map.contains_key("host"));
+        assert_eq!(map["forwarded"], "for=10.0.0.1;proto=http");
+    }
+}

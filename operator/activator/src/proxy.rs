@@ -1,0 +1,610 @@
+//! The proxy: the HTTP server clients talk to (HTTP/1.1 and h2c), and the
+//! path of one request: route, admit (place or queue), forward with a
+//! streaming body over a keep-alive pool to the instance, stream the answer
+//! back.
+//!
+//! Every answer the activator gives itself is a small JSON object
+//! `{"error": "...", ...}` with a status that says whose fault it is: 400,
+//! 404, 408, 413 for the client; 502, 503, 504 for the function.
+
+use std::{
+    cell::Cell,
+    convert::Infallible,
+    future::Future,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use hyper::{
+    body::{Body, Incoming},
+    service::service_fn,
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use serde_json::{Value, json};
+use thaw_core::GoStyle;
+use tokio::{
+    net::TcpListener,
+    time::{Instant, timeout_at},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    body::{GiveBack, RequestBody, RequestBodyError, ResponseBody, request_body_error},
+    breaker::{Admission, Entry, Lease, Registry},
+    conn,
+    headers::{THAW_COLD_START, forward_request, forward_response},
+    metrics::Metrics,
+    route::{Route, Router},
+};
+
+/// Attempts to connect to an instance per request before it gets 502.
+const MAX_CONNECT_ATTEMPTS: u32 = 5;
+
+/// How the proxy treats clients and instances.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Domain of Function URLs: `<name>.<namespace>.<domain>`.
+    pub domain: String,
+    /// Largest request body; larger ones get 413 (or are cut when streamed).
+    pub max_body_bytes: u64,
+    /// Longest a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Longest a client may pause while sending a request body.
+    pub body_idle_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Longest a TCP connect to an instance may take.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections to instances are closed after this.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            domain: "svc.cluster.local".into(),
+            max_body_bytes: 10 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            max_headers: 100,
+            connect_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The request path, shared by every connection.
+pub struct Proxy {
+    router: Router,
+    registry: Arc<Registry>,
+    client: Client<HttpConnector, RequestBody>,
+    options: ProxyOptions,
+    /// The watch caches are complete: a function missing from them really
+    /// does not exist.
+    synced: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+/// An answer already decided (an error, usually).
+type Answer = Response<ResponseBody>;
+
+impl Proxy {
+    pub fn new(
+        registry: Arc<Registry>,
+        options: ProxyOptions,
+        synced: Arc<AtomicBool>,
+    ) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(options.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let metrics = registry.shared().metrics.clone();
+        Arc::new(Self {
+            router: Router::new(&options.domain),
+            registry,
+            client,
+            options,
+            synced,
+            metrics,
+        })
+    }
+
+    /// Serves `listener` until `shutdown` completes, then stops accepting
+    /// and waits for every open request to finish.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(self.options.header_read_timeout)
+            .max_buf_size(self.options.max_header_bytes.max(8192))
+            .max_headers(self.options.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.options.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .max_pending_accept_reset_streams(64)
+            .keep_alive_interval(Duration::from_secs(30));
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let timeout_body = Arc::new(error_bytes(&json!({
+            "error": format!(
+                "the request headers did not arrive within {}",
+                GoStyle(self.options.header_read_timeout)
+            )
+        })));
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Typically out of file descriptors: back off.
+                        warn!(%error, "accepting a connection");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (io, handle) = conn::track(stream);
+            let proxy = self.clone();
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
+            });
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let timeout_body = timeout_body.clone();
+            tokio::spawn(async move {
+                let conn = builder.serve_connection(TokioIo::new(io), service);
+                if let Err(error) = watcher.watch(conn).await {
+                    let header_timeout = error
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if header_timeout {
+                        handle.header_timeout(&timeout_body).await;
+                    } else {
+                        debug!(%error, %peer, "client connection ended");
+                    }
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    }
+
+    /// One request, from arrival to the response head (the body streams on).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: IpAddr) -> Answer {
+        let arrival = Instant::now();
+        let host = match host_of(&req) {
+            Ok(host) => host,
+            Err(message) => {
+                return self.unrouted(StatusCode::BAD_REQUEST, json!({"error": message}));
+            }
+        };
+        // The router asks whether a Host-named function exists; keep the
+        // entry it found, so the registry is searched once.
+        let found: Cell<Option<Arc<Entry>>> = Cell::new(None);
+        let route = match self.router.route(host.as_deref(), req.uri(), |ns, name| {
+            let entry = self.registry.get(ns, name).filter(|e| e.exists());
+            let exists = entry.is_some();
+            found.set(entry);
+            exists
+        }) {
+            Ok(route) => route,
+            Err(error) => {
+                return self.unrouted(StatusCode::BAD_REQUEST, json!({"error": error.to_string()}));
+            }
+        };
+        if !self.synced.load(Ordering::Acquire) {
+            return self.unrouted(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "error": "the activator is starting: it has not yet read every Function",
+                    "function": route.function(),
+                }),
+            );
+        }
+        let entry = match found.take() {
+            Some(entry) if entry.namespace == route.namespace && entry.name == route.name => {
+                Some(entry)
+            }
+            _ => self.registry.get(&route.namespace, &route.name),
+        };
+        let Some(entry) = entry else {
+            return self.not_found(&route);
+        };
+        if let Some(length) = content_length(&req)
+            && length > self.options.max_body_bytes
+        {
+            return answer(
+                &entry,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({
+                    "error": format!(
+                        "the request body of {length} bytes is larger than the limit of {} bytes",
+                        self.options.max_body_bytes
+                    ),
+                    "function": route.function(),
+                }),
+            );
+        }
+        let (admission, timing) = entry.admit();
+        let deadline = arrival + timing.timeout;
+        let wait_until = (arrival + timing.max_wait).min(deadline);
+        let (lease, waited) = match self
+            .acquire(&entry, admission, arrival, wait_until, deadline, &route)
+            .await
+        {
+            Ok(acquired) => acquired,
+            Err(answer) => return answer,
+        };
+        self.forward(
+            entry, route, req, host, peer, lease, waited, arrival, deadline,
+        )
+        .await
+    }
+
+    /// A slot for the request: at once, or after waiting in the queue.
+    async fn acquire(
+        &self,
+        entry: &Arc<Entry>,
+        admission: Admission,
+        arrival: Instant,
+        wait_until: Instant,
+        deadline: Instant,
+        route: &Route,
+    ) -> Result<(Lease, Option<Duration>), Answer> {
+        let function = || route.function();
+        match admission {
+            Admission::Placed(lease) => Ok((lease, None)),
+            Admission::Waiting(mut waiter) => {
+                let result = timeout_at(wait_until, waiter.wait()).await;
+                let waited = arrival.elapsed();
+                entry.metrics().queue_wait.observe(waited.as_secs_f64());
+                match result {
+                    Ok(Ok(lease)) => Ok((lease, Some(waited))),
+                    Ok(Err(_gone)) => Err(self.not_found(route)),
+                    Err(_) if wait_until < deadline => {
+                        let max_wait = entry.config().map(|c| c.max_wait).unwrap_or_default();
+                        let mut answer = answer(
+                            entry,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            json!({
+                                "error": format!(
+                                    "no instance became ready within {}",
+                                    GoStyle(max_wait)
+                                ),
+                                "function": function(),
+                                "maxWait": GoStyle(max_wait).to_string(),
+                            }),
+                        );
+                        answer
+                            .headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                        Err(answer)
+                    }
+                    Err(_) => Err(self.timed_out(entry, route)),
+                }
+            }
+            Admission::Full { max_pending } => {
+                let mut answer = answer(
+                    entry,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "error": "queue full",
+                        "function": function(),
+                        "maxPending": max_pending,
+                        "message": format!(
+                            "{max_pending} requests are already waiting for an instance of {}; retry later",
+                            function()
+                        ),
+                    }),
+                );
+                answer
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(answer)
+            }
+            Admission::Unknown => Err(self.not_found(route)),
+            Admission::Invalid(message) => Err(answer(
+                entry,
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({
+                    "error": format!("the Function cannot be read: {message}"),
+                    "function": function(),
+                }),
+            )),
+        }
+    }
+
+    /// Sends the request to the instance `lease` points at; on a failed
+    /// connect, to another one (or waits again).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        entry: Arc<Entry>,
+        route: Route,
+        req: Request<Incoming>,
+        host: Option<String>,
+        peer: IpAddr,
+        mut lease: Lease,
+        mut waited: Option<Duration>,
+        arrival: Instant,
+        deadline: Instant,
+    ) -> Answer {
+        let (mut parts, body) = req.into_parts();
+        let path = route
+            .path
+            .clone()
+            .or_else(|| parts.uri.path_and_query().cloned())
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        forward_request(&mut parts.headers, peer, host.as_deref());
+        parts.version = Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        let replayable = body.is_end_stream();
+        let give_back: Option<GiveBack> = (!replayable).then(|| Arc::new(Mutex::new(None)));
+        let mut body = Some(body);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut upstream = parts.clone();
+            upstream.uri = match upstream_uri(lease.authority(), &path) {
+                Ok(uri) => uri,
+                Err(error) => {
+                    return answer(
+                        &entry,
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("cannot forward this path: {error}")}),
+                    );
+                }
+            };
+            let request_body = match body.take() {
+                Some(body) if !body.is_end_stream() => RequestBody::new(
+                    body,
+                    self.options.max_body_bytes,
+                    self.options.body_idle_timeout,
+                    give_back.clone(),
+                ),
+                _ => RequestBody::empty(),
+            };
+            let sent = Instant::now();
+            let result = timeout_at(
+                deadline,
+                self.client
+                    .request(Request::from_parts(upstream, request_body)),
+            )
+            .await;
+            match result {
+                Ok(Ok(response)) => {
+                    entry
+                        .metrics()
+                        .proxy_latency
+                        .observe(sent.elapsed().as_secs_f64());
+                    let (mut head, body) = response.into_parts();
+                    forward_response(&mut head.headers);
+                    if let Some(waited) = waited
+                        && let Ok(value) =
+                            HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
+                    {
+                        head.headers.insert(THAW_COLD_START, value);
+                    }
+                    entry.metrics().response(head.status);
+                    return Response::from_parts(
+                        head,
+                        ResponseBody::upstream(body, lease, deadline),
+                    );
+                }
+                Err(_elapsed) => {
+                    entry.metrics().upstream_error("timeout");
+                    return self.timed_out(&entry, &route);
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    entry.metrics().upstream_error("connect");
+                    debug!(function = %route, pod = lease.pod(), %error, "connecting to an instance failed; placing the request again");
+                    lease.connect_failed();
+                    body = give_back.as_ref().and_then(|slot| {
+                        slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+                    });
+                    if (!replayable && body.is_none()) || attempt >= MAX_CONNECT_ATTEMPTS {
+                        return answer(
+                            &entry,
+                            StatusCode::BAD_GATEWAY,
+                            json!({
+                                "error": format!("could not connect to an instance: {error}"),
+                                "function": route.function(),
+                            }),
+                        );
+                    }
+                    let (admission, timing) = entry.readmit();
+                    let wait_until = (Instant::now() + timing.max_wait).min(deadline);
+                    match self
+                        .acquire(&entry, admission, arrival, wait_until, deadline, &route)
+                        .await
+                    {
+                        Ok((next, more)) => {
+                            lease = next;
+                            if more.is_some() {
+                                waited = Some(arrival.elapsed());
+                            }
+                        }
+                        Err(answer) => return answer,
+                    }
+                }
+                Ok(Err(error)) => {
+                    let source: &(dyn std::error::Error + 'static) = &error;
+                    return match request_body_error(source) {
+                        Some(RequestBodyError::TooLarge { limit }) => {
+                            entry.metrics().upstream_error("body");
+                            answer(
+                                &entry,
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                json!({
+                                    "error": format!("the request body is larger than the limit of {limit} bytes"),
+                                    "function": route.function(),
+                                }),
+                            )
+                        }
+                        Some(RequestBodyError::Idle { timeout }) => {
+                            entry.metrics().upstream_error("body");
+                            answer(
+                                &entry,
+                                StatusCode::REQUEST_TIMEOUT,
+                                json!({
+                                    "error": format!(
+                                        "the request body stalled: no bytes for {}",
+                                        GoStyle(*timeout)
+                                    ),
+                                    "function": route.function(),
+                                }),
+                            )
+                        }
+                        Some(RequestBodyError::Client(client)) => {
+                            entry.metrics().upstream_error("body");
+                            answer(
+                                &entry,
+                                StatusCode::BAD_REQUEST,
+                                json!({
+                                    "error": format!("reading the request body failed: {client}"),
+                                    "function": route.function(),
+                                }),
+                            )
+                        }
+                        None => {
+                            entry.metrics().upstream_error("other");
+                            warn!(function = %route, pod = lease.pod(), error = %ErrorChain(source), "instance failed");
+                            answer(
+                                &entry,
+                                StatusCode::BAD_GATEWAY,
+                                json!({
+                                    "error": format!("the instance failed: {}", ErrorChain(source)),
+                                    "function": route.function(),
+                                }),
+                            )
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self, entry: &Arc<Entry>, route: &Route) -> Answer {
+        let timeout = entry.config().map(|c| c.timeout).unwrap_or_default();
+        answer(
+            entry,
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({
+                "error": format!("the request took longer than the function's timeout of {}", GoStyle(timeout)),
+                "function": route.function(),
+                "timeout": GoStyle(timeout).to_string(),
+            }),
+        )
+    }
+
+    fn not_found(&self, route: &Route) -> Answer {
+        self.unrouted(
+            StatusCode::NOT_FOUND,
+            json!({"error": "function not found", "function": route.function()}),
+        )
+    }
+
+    /// An answer counted under no function.
+    fn unrouted(&self, status: StatusCode, body: Value) -> Answer {
+        self.metrics.unrouted(status);
+        json_response(status, &body)
+    }
+}
+
+/// An answer counted for `entry`.
+fn answer(entry: &Entry, status: StatusCode, body: Value) -> Answer {
+    entry.metrics().response(status);
+    json_response(status, &body)
+}
+
+fn error_bytes(body: &Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.push(b'\n');
+    bytes
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Answer {
+    let mut response = Response::new(ResponseBody::full(error_bytes(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The Host of a request: its `Host` header, or its URI's authority
+/// (HTTP/2); `None` when it has neither.
+fn host_of(req: &Request<Incoming>) -> Result<Option<String>, String> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("the request has more than one Host header".into()),
+        (Some(value), None) => value
+            .to_str()
+            .map(|h| Some(h.to_owned()))
+            .map_err(|_| "the Host header is not ASCII text".into()),
+        (None, _) => Ok(req.uri().authority().map(|a| a.as_str().to_owned())),
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn upstream_uri(authority: &Authority, path: &PathAndQuery) -> Result<Uri, http::Error> {
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path.clone())
+        .build()
+}
+
+/// An error and its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}

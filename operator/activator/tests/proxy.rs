@@ -1,0 +1,660 @@
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
+
+//! The proxy end to end on loopback, without a cluster: a registry filled
+//! by hand, local upstream servers standing in for instances, and clients
+//! that misbehave on purpose.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
+use hyper::{body::Frame, service::service_fn};
+use hyper_util::rt::TokioIo;
+use thaw_activator::{
+    ProxyOptions,
+    breaker::Registry,
+    metrics::Metrics,
+    place::Limits,
+    probe,
+    proxy::Proxy,
+    table::{FunctionConfig, PodInfo},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// A stand-in instance. Paths: `/sleep/<ms>`, `/read` (reads the whole
+/// body, answers its length), `/headers` (answers the request headers),
+/// anything else answers `ok`. Counts concurrent requests.
+struct Upstream {
+    addr: SocketAddr,
+    in_flight: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+async fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (flight, top) = (in_flight.clone(), peak.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (flight, top) = (flight.clone(), top.clone());
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (flight, top) = (flight.clone(), top.clone());
+                    async move {
+                        let now = flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        top.fetch_max(now, Ordering::SeqCst);
+                        let path = req.uri().path().to_owned();
+                        if path == "/drip" {
+                            // A head at once, then a byte every 100 ms for 2 s.
+                            let drip = futures::stream::unfold(0u32, |n| async move {
+                                if n == 20 {
+                                    return None;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                let frame = Frame::data(Bytes::from_static(b"."));
+                                Some((Ok::<_, Infallible>(frame), n + 1))
+                            });
+                            flight.fetch_sub(1, Ordering::SeqCst);
+                            return Ok(Response::new(Either::Right(StreamBody::new(drip))));
+                        }
+                        let body = if let Some(ms) = path.strip_prefix("/sleep/") {
+                            let ms: u64 = ms.parse().unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            "slept".to_owned()
+                        } else if path == "/read" {
+                            match req.into_body().collect().await {
+                                Ok(body) => body.to_bytes().len().to_string(),
+                                Err(e) => format!("error {e}"),
+                            }
+                        } else if path == "/headers" {
+                            let mut lines: Vec<String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                                .collect();
+                            lines.push(format!("uri: {}", req.uri()));
+                            lines.join("\n")
+                        } else {
+                            format!("ok {}", req.uri())
+                        };
+                        flight.fetch_sub(1, Ordering::SeqCst);
+                        let mut response =
+                            Response::new(Either::Left(Full::new(Bytes::from(body))));
+                        response
+                            .headers_mut()
+                            .insert("connection", "keep-alive, x-secret".parse().unwrap());
+                        response
+                            .headers_mut()
+                            .insert("x-secret", "hop".parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    }
+                }),
+            ));
+        }
+    });
+    Upstream {
+        addr,
+        in_flight,
+        peak,
+    }
+}
+
+fn config(concurrency: u32) -> FunctionConfig {
+    FunctionConfig {
+        uid: "uid".into(),
+        hash: "h".into(),
+        limits: Limits {
+            concurrency,
+            target: 1.0,
+        },
+        max_pending: 5,
+        max_wait: Duration::from_secs(5),
+        timeout: Duration::from_secs(5),
+        port: 8080,
+    }
+}
+
+fn pod(name: &str, addr: SocketAddr) -> PodInfo {
+    PodInfo {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        ip: Some(addr.ip()),
+        port: Some(addr.port()),
+        readiness_path: None,
+        owner_uid: Some("uid".into()),
+        hash: Some("h".into()),
+        kubelet_ready: None,
+        draining: false,
+        terminating: false,
+        finished: false,
+    }
+}
+
+struct Activator {
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+}
+
+async fn activator(options: ProxyOptions) -> Activator {
+    let registry = Registry::new(Metrics::new().unwrap(), probe::spawner());
+    let proxy = Proxy::new(registry.clone(), options, Arc::new(AtomicBool::new(true)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(proxy.serve(listener, std::future::pending()));
+    Activator { addr, registry }
+}
+
+fn options() -> ProxyOptions {
+    ProxyOptions {
+        max_body_bytes: 1000,
+        header_read_timeout: Duration::from_millis(500),
+        body_idle_timeout: Duration::from_millis(300),
+        max_header_bytes: 8192,
+        max_headers: 20,
+        ..ProxyOptions::default()
+    }
+}
+
+/// Waits until the function has a ready instance (probed).
+async fn ready(registry: &Registry, n: usize) {
+    let entry = registry.get("ns", "f").unwrap();
+    for _ in 0..200 {
+        if entry.snapshot(|s| s.instances().iter().filter(|i| i.is_ready()).count()) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("instances never became ready");
+}
+
+/// An activator serving function ns/f on `upstreams`.
+async fn serving(concurrency: u32, upstreams: &[&Upstream]) -> Activator {
+    let a = activator(options()).await;
+    a.registry
+        .set_function("ns", "f", Some(config(concurrency)));
+    for (i, u) in upstreams.iter().enumerate() {
+        a.registry
+            .upsert_pod("ns", "f", pod(&format!("p{i}"), u.addr));
+    }
+    ready(&a.registry, upstreams.len()).await;
+    a
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn request(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(
+        addr,
+        Request::get(path)
+            .header("host", "f.ns.svc.cluster.local")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sends raw bytes, returns everything the server sent until it closed
+/// (or `wait` passed).
+async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path_and_strips_hop_by_hop_headers() {
+    let up = upstream().await;
+    let a = serving(10, &[&up]).await;
+    let reply = get(a.addr, "/a/b?c=d").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "ok /a/b?c=d");
+    assert!(
+        !reply.headers.contains_key("x-secret"),
+        "hop-by-hop removed"
+    );
+    assert!(
+        !reply.headers.contains_key("thaw-cold-start"),
+        "did not wait"
+    );
+    let reply = request(
+        a.addr,
+        Request::get("/fn/ns/f/headers?q=1")
+            .header("host", "localhost:8080")
+            .header("connection", "x-drop")
+            .header("x-drop", "1")
+            .header("x-keep", "2")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let body = reply.body;
+    assert!(body.contains("uri: /headers?q=1"), "{body}");
+    assert!(body.contains("x-keep: 2"), "{body}");
+    assert!(!body.contains("x-drop"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-host: localhost:8080"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    assert!(
+        body.contains("forwarded: for=127.0.0.1;host=\"localhost:8080\";proto=http"),
+        "{body}"
+    );
+    assert!(body.contains("host: localhost:8080"), "{body}");
+
+    // The Host names function f, which exists: it wins over the path.
+    assert_eq!(get(a.addr, "/fn/ns/nope/").await.body, "ok /fn/ns/nope/");
+    let reply = request(
+        a.addr,
+        Request::get("/fn/ns/nope/")
+            .header("host", "thaw-activator.thaw-system.svc")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.body,
+        "{\"error\":\"function not found\",\"function\":\"ns/nope\"}\n"
+    );
+    let reply = request(
+        a.addr,
+        Request::get("/x")
+            .header("host", "example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("cannot route"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn concurrency_is_never_exceeded_and_waiting_responses_say_how_long() {
+    let up = upstream().await;
+    let a = serving(2, &[&up]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        tasks.push(tokio::spawn(get(a.addr, "/sleep/100")));
+    }
+    let mut waited = 0;
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, 200);
+        if let Some(value) = reply.headers.get("thaw-cold-start") {
+            let value = value.to_str().unwrap();
+            assert!(value.ends_with("ms"), "{value}");
+            value.trim_end_matches("ms").parse::<u64>().unwrap();
+            waited += 1;
+        }
+    }
+    assert_eq!(up.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(waited, 3, "three requests waited for a slot");
+    assert_eq!(up.in_flight.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn queue_overflow_is_503_with_retry_after() {
+    let up = upstream().await;
+    let a = serving(1, &[&up]).await;
+    let busy = tokio::spawn(get(a.addr, "/sleep/500"));
+    let entry = a.registry.get("ns", "f").unwrap();
+    wait_for(|| entry.snapshot(|s| s.in_flight()) == 1).await;
+    let mut queued = Vec::new();
+    for _ in 0..5 {
+        queued.push(tokio::spawn(get(a.addr, "/")));
+    }
+    wait_for(|| entry.snapshot(|s| s.waiting()) == 5).await;
+    let reply = get(a.addr, "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert!(
+        reply.body.contains("\"error\":\"queue full\""),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("\"maxPending\":5"), "{}", reply.body);
+    assert_eq!(busy.await.unwrap().status, 200);
+    for task in queued {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test]
+async fn max_wait_and_timeout_answer_503_and_504() {
+    let up = upstream().await;
+    let a = serving(1, &[&up]).await;
+    let mut c = config(1);
+    c.max_wait = Duration::from_millis(200);
+    c.timeout = Duration::from_millis(400);
+    a.registry.set_function("ns", "f", Some(c));
+    let started = std::time::Instant::now();
+    let reply = get(a.addr, "/sleep/2000").await;
+    assert_eq!(reply.status, 504);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(reply.body.contains("timeout of 400ms"), "{}", reply.body);
+    // The slot is free again at once, although the instance still sleeps.
+    let busy = tokio::spawn(get(a.addr, "/sleep/1000"));
+    let entry = a.registry.get("ns", "f").unwrap();
+    wait_for(|| entry.snapshot(|s| s.in_flight()) == 1).await;
+    let reply = get(a.addr, "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.body.contains("no instance became ready within 200ms"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(busy.await.unwrap().status, 504);
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_at_the_timeout_is_cut() {
+    let up = upstream().await;
+    let a = serving(1, &[&up]).await;
+    let mut c = config(1);
+    c.timeout = Duration::from_millis(500);
+    a.registry.set_function("ns", "f", Some(c));
+    let stream = TcpStream::connect(a.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let started = std::time::Instant::now();
+    let response = sender
+        .send_request(
+            Request::get("/drip")
+                .header("host", "f.ns.svc")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the head came in time");
+    let body = response.into_body().collect().await;
+    assert!(
+        body.is_err(),
+        "the body was cut: {:?} after {:?}",
+        body.map(|b| b.to_bytes()),
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let entry = a.registry.get("ns", "f").unwrap();
+    wait_for(|| entry.snapshot(|s| s.in_flight()) == 0).await;
+}
+
+#[tokio::test]
+async fn a_function_at_zero_waits_for_its_first_instance() {
+    let up = upstream().await;
+    let a = activator(options()).await;
+    a.registry.set_function("ns", "f", Some(config(1)));
+    let request = tokio::spawn(get(a.addr, "/"));
+    let entry = a.registry.get("ns", "f").unwrap();
+    wait_for(|| entry.snapshot(|s| s.waiting()) == 1).await;
+    a.registry.upsert_pod("ns", "f", pod("p0", up.addr));
+    let reply = request.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers.contains_key("thaw-cold-start"));
+}
+
+#[tokio::test]
+async fn a_dead_instance_is_skipped_and_the_request_retried() {
+    let up = upstream().await;
+    let a = activator(options()).await;
+    a.registry.set_function("ns", "f", Some(config(10)));
+    // An "instance" that listens long enough to pass its probe, then dies.
+    // Learned of first, so packing picks it first.
+    let doomed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    a.registry
+        .upsert_pod("ns", "f", pod("dead", doomed.local_addr().unwrap()));
+    a.registry.upsert_pod("ns", "f", pod("live", up.addr));
+    ready(&a.registry, 2).await;
+    drop(doomed);
+    for _ in 0..3 {
+        let reply = request(
+            a.addr,
+            Request::post("/read")
+                .header("host", "f.ns.svc")
+                .body(Full::new(Bytes::from_static(b"hello")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "5", "the body was replayed intact");
+    }
+    let entry = a.registry.get("ns", "f").unwrap();
+    let dead_ready = entry.snapshot(|s| {
+        s.instances()
+            .iter()
+            .find(|i| i.pod.name == "dead")
+            .map(|i| i.is_ready())
+    });
+    assert_eq!(dead_ready, Some(false), "marked unready, being re-probed");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_or_cut() {
+    let up = upstream().await;
+    let a = serving(10, &[&up]).await;
+    let reply = request(
+        a.addr,
+        Request::post("/read")
+            .header("host", "f.ns.svc")
+            .body(Full::new(Bytes::from(vec![b'x'; 1001])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert!(reply.body.contains("limit of 1000 bytes"), "{}", reply.body);
+    // Streamed (chunked, no Content-Length) past the limit: cut.
+    let chunks = futures::stream::iter(
+        (0..20).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 100])))),
+    );
+    let stream = TcpStream::connect(a.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            Request::post("/read")
+                .header("host", "f.ns.svc")
+                .body(StreamBody::new(chunks))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // Within the limit, streamed: passes.
+    let chunks = futures::stream::iter(
+        (0..9).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 100])))),
+    );
+    let stream = TcpStream::connect(a.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            Request::post("/read")
+                .header("host", "f.ns.svc")
+                .body(StreamBody::new(chunks))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"900");
+}
+
+#[tokio::test]
+async fn slow_clients_get_408() {
+    let up = upstream().await;
+    let a = serving(10, &[&up]).await;
+    // Headers that never end.
+    let answer = raw(
+        a.addr,
+        b"GET / HTTP/1.1\r\nHost: f.ns.svc\r\nX-Slow: ",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("did not arrive within 500ms"), "{answer:?}");
+    // A body that stalls.
+    let answer = raw(
+        a.addr,
+        b"POST /read HTTP/1.1\r\nHost: f.ns.svc\r\nContent-Length: 100\r\n\r\nonly a part",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("stalled"), "{answer:?}");
+    // An idle connection is closed without a word.
+    let answer = raw(a.addr, b"", Duration::from_secs(3)).await;
+    assert_eq!(answer, "");
+    assert_eq!(get(a.addr, "/").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn oversized_or_malformed_heads_are_4xx() {
+    let up = upstream().await;
+    let a = serving(10, &[&up]).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: f.ns.svc\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let answer = raw(a.addr, big.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: f.ns.svc\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = raw(a.addr, many.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    for (head, status) in [
+        ("GET / HTTP/1.1\r\nHost: bad host!\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+        ("GET /fn/ns HTTP/1.1\r\nHost: localhost\r\n\r\n", "400"),
+        ("GET /fn/NS/f/ HTTP/1.1\r\nHost: localhost\r\n\r\n", "400"),
+        ("GET / HTTP/1.0\r\n\r\n", "400"),
+        ("NOT HTTP AT ALL\r\n\r\n", "400"),
+    ] {
+        let answer = raw(a.addr, head.as_bytes(), Duration::from_secs(3)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}"))
+                || answer.starts_with(&format!("HTTP/1.0 {status}")),
+            "{head:?}: {answer:?}"
+        );
+    }
+    assert_eq!(get(a.addr, "/").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_while_queued_leaves_the_queue() {
+    let up = upstream().await;
+    let a = serving(1, &[&up]).await;
+    let busy = tokio::spawn(get(a.addr, "/sleep/400"));
+    let entry = a.registry.get("ns", "f").unwrap();
+    wait_for(|| entry.snapshot(|s| s.in_flight()) == 1).await;
+    let mut stream = TcpStream::connect(a.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: f.ns.svc\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for(|| entry.snapshot(|s| s.waiting()) == 1).await;
+    drop(stream);
+    wait_for(|| entry.snapshot(|s| s.waiting()) == 0).await;
+    assert_eq!(busy.await.unwrap().status, 200);
+    assert_eq!(entry.snapshot(|s| s.in_flight()), 0);
+}
+
+#[tokio::test]
+async fn h2c_works() {
+    let up = upstream().await;
+    let a = serving(10, &[&up]).await;
+    let stream = TcpStream::connect(a.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(
+            Request::get("http://f.ns.svc.cluster.local/h2")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok /h2");
+}
+
+#[tokio::test]
+async fn nothing_is_placed_on_a_draining_instance() {
+    let up_a = upstream().await;
+    let up_b = upstream().await;
+    let a = serving(10, &[&up_a, &up_b]).await;
+    let mut draining = pod("p0", up_a.addr);
+    draining.draining = true;
+    a.registry.upsert_pod("ns", "f", draining);
+    for _ in 0..5 {
+        assert_eq!(get(a.addr, "/").await.status, 200);
+    }
+    assert_eq!(up_a.peak.load(Ordering::SeqCst), 0);
+    assert!(up_b.peak.load(Ordering::SeqCst) > 0);
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
+}
