@@ -102,6 +102,7 @@ impl Cluster {
         Ok(TestNamespace {
             name,
             client: self.client(),
+            kubeconfig: self.kubeconfig.clone(),
         })
     }
 
@@ -173,6 +174,7 @@ pub async fn client_from(kubeconfig: &PathBuf) -> Result<Client> {
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    kubeconfig: PathBuf,
 }
 
 impl TestNamespace {
@@ -187,13 +189,32 @@ impl TestNamespace {
 }
 
 impl Drop for TestNamespace {
+    /// Deletes the namespace (and so its pods) before the test ends. Drop
+    /// cannot await, and the test's runtime is shutting down, so a thread
+    /// of its own with its own client does it; leaving it to the runtime
+    /// lost the deletion and filled the node with leftover pods.
     fn drop(&mut self) {
-        let api = Api::<Namespace>::all(self.client.clone());
         let name = self.name.clone();
-        // Drop cannot await; the deletion finishes in the background, or
-        // with the cluster at the end of `make test`.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { api.delete(&name, &DeleteParams::background()).await });
+        let kubeconfig = self.kubeconfig.clone();
+        let deleted = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = client_from(&kubeconfig).await?;
+                match Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(error) => Err(error.into()),
+                }
+            })
+        })
+        .join();
+        if let Ok(Err(error)) | Err(error) = deleted.map_err(|_| anyhow::anyhow!("panicked")) {
+            eprintln!("deleting namespace {}: {error:#}", self.name);
         }
     }
 }

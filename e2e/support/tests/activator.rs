@@ -14,8 +14,12 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
 use serde_json::{Value, json};
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
@@ -61,6 +65,23 @@ impl World {
             .await
             .unwrap_or_else(|e| world.fail(e));
         world
+    }
+
+    /// Stops the activator and the operator, and deletes the namespace
+    /// (its pods with it) before the test's runtime ends: the node has room
+    /// for 110 pods, and a deletion left to a destructor may never be sent.
+    async fn finish(self) {
+        let World {
+            activator,
+            operator,
+            ns,
+            _cluster: cluster,
+        } = self;
+        drop(activator);
+        drop(operator);
+        let _ = Api::<Namespace>::all(cluster.client())
+            .delete(&ns.name, &DeleteParams::background())
+            .await;
     }
 
     /// Panics with `error` and both logs.
@@ -254,6 +275,7 @@ async fn a_function_at_zero_answers_its_first_request_with_the_cold_start_header
     })
     .await
     .unwrap_or_else(|e| world.fail(e));
+    world.finish().await;
 }
 
 #[tokio::test]
@@ -303,6 +325,7 @@ async fn queue_overflow_returns_503_with_retry_after() {
     let queued = queued.await.expect("task").expect("queued");
     assert_eq!(queued.status, 200);
     assert!(queued.headers.contains_key("thaw-cold-start"), "it waited");
+    world.finish().await;
 }
 
 #[tokio::test]
@@ -343,6 +366,7 @@ async fn a_request_longer_than_the_timeout_is_cut_with_504() {
     // It keeps serving.
     let reply = world.get("slow", "/?sleep=10").await.expect("next request");
     assert_eq!(reply.status, 200, "{reply:?}");
+    world.finish().await;
 }
 
 #[tokio::test]
@@ -391,11 +415,12 @@ async fn concurrency_one_never_overlaps_on_an_instance() {
         served += stats["requests"].as_u64().unwrap_or_default();
     }
     assert_eq!(served, REQUESTS as u64, "every request counted once");
+    world.finish().await;
 }
 
 #[tokio::test]
 async fn bad_input_is_answered_and_the_activator_keeps_serving() {
-    let world = World::start(
+    let mut world = World::start(
         "act-bad",
         &[
             "--header-read-timeout",
@@ -539,8 +564,8 @@ async fn bad_input_is_answered_and_the_activator_keeps_serving() {
     .expect("echo");
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, payload);
-    let mut activator = world.activator;
-    assert!(activator.running(), "{}", activator.log());
+    assert!(world.activator.running(), "{}", world.activator.log());
+    world.finish().await;
 }
 
 #[tokio::test]
@@ -587,6 +612,7 @@ async fn an_idle_instance_is_reaped_as_soon_as_the_activator_reports_it_drained(
         .await
         .expect("scale from zero again");
     assert_eq!(reply.status, 200, "{reply:?}");
+    world.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,6 +652,7 @@ async fn shutdown_finishes_requests_in_flight_and_says_goodbye() {
     check_refused(world.activator.addr())
         .await
         .expect("no longer accepting");
+    world.finish().await;
 }
 
 /// The activator no longer accepts connections.

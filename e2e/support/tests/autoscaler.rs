@@ -72,6 +72,17 @@ impl Setup {
             .expect("apply Function");
     }
 
+    /// Waits until the activator routes `name` (its watch has delivered the
+    /// Function): one request, repeated while the answer is 404.
+    async fn wait_routable(&self, name: &str) {
+        wait_until("the activator to route the Function", WAIT, || async {
+            let reply = self.request(name, "/healthz").await?;
+            Ok((reply.status != 404).then_some(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+    }
+
     /// One request through the activator, addressed by Host.
     async fn request(&self, name: &str, path: &str) -> Result<Reply> {
         let host = format!("{name}.{}.svc.cluster.local", self.ns.name);
@@ -351,6 +362,7 @@ async fn warm_instances_stay_ready_beside_the_busy_one() {
 async fn max_instances_caps_the_pool_and_the_rest_waits() {
     let setup = Arc::new(Setup::new("as-max").await);
     setup.apply("fn", json!({ "image": "thaw.dev/samples/testfn", "scaling": { "maxInstances": 3, "keepAlive": "30s" } })).await;
+    setup.wait_routable("fn").await;
     let (pool, watcher) = watch_pool(&setup, "fn");
     let replies = burst(&setup, "fn", 10, "/?sleep=300").await;
     watcher.abort();
@@ -376,6 +388,7 @@ async fn max_instances_caps_the_pool_and_the_rest_waits() {
 async fn reaping_under_steady_load_loses_no_request() {
     let setup = Arc::new(Setup::new("as-reap").await);
     setup.apply("fn", json!({ "image": "thaw.dev/samples/testfn", "concurrency": 1, "scaling": { "keepAlive": "1s" } })).await;
+    setup.wait_routable("fn").await;
     // Waves of 1 to 6 concurrent requests for about 20 s: instances start
     // for each wave and expire between them.
     let started = Instant::now();

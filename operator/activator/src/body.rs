@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
-use crate::breaker::Lease;
+use crate::{breaker::Lease, conn::InRequest};
 
 /// Why a request body was cut.
 #[derive(Debug)]
@@ -194,8 +194,14 @@ pub fn request_body_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a
 }
 
 /// What the activator answers with.
-pub enum ResponseBody {
-    /// The activator's own answer (errors, admin pages).
+pub struct ResponseBody {
+    kind: Kind,
+    /// Marks the client connection busy until the body is done.
+    _serving: Option<InRequest>,
+}
+
+enum Kind {
+    /// The activator's own answer (errors).
     Full(Full<Bytes>),
     /// An instance's response, streamed through.
     Upstream(Box<Upstream>),
@@ -225,22 +231,33 @@ impl StdError for DeadlineExceeded {}
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        Self::Full(Full::new(bytes.into()))
+        Self {
+            kind: Kind::Full(Full::new(bytes.into())),
+            _serving: None,
+        }
     }
 
     pub fn empty() -> Self {
-        Self::Full(Full::new(Bytes::new()))
+        Self::full(Bytes::new())
+    }
+
+    /// Keeps the client connection marked busy until this body is done.
+    pub fn hold(&mut self, serving: InRequest) {
+        self._serving = Some(serving);
     }
 
     /// `body` from the instance `lease` points at, cut at `deadline`.
     pub fn upstream(body: Incoming, lease: Lease, deadline: Instant) -> Self {
         let lease = (!body.is_end_stream()).then_some(lease);
-        Self::Upstream(Box::new(Upstream {
-            body,
-            lease,
-            deadline,
-            timer: None,
-        }))
+        Self {
+            kind: Kind::Upstream(Box::new(Upstream {
+                body,
+                lease,
+                deadline,
+                timer: None,
+            })),
+            _serving: None,
+        }
     }
 }
 
@@ -252,11 +269,11 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Full(full) => Pin::new(full)
+        match &mut self.get_mut().kind {
+            Kind::Full(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
-            Self::Upstream(upstream) => {
+            Kind::Upstream(upstream) => {
                 // The deadline is looked at only when the body makes us wait
                 // (or has gone past it), so a body that is ready at once
                 // costs no timer.
@@ -292,16 +309,16 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(full) => full.is_end_stream(),
-            Self::Upstream(upstream) => upstream.body.is_end_stream(),
+        match &self.kind {
+            Kind::Full(full) => full.is_end_stream(),
+            Kind::Upstream(upstream) => upstream.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(full) => full.size_hint(),
-            Self::Upstream(upstream) => upstream.body.size_hint(),
+        match &self.kind {
+            Kind::Full(full) => full.size_hint(),
+            Kind::Upstream(upstream) => upstream.body.size_hint(),
         }
     }
 }

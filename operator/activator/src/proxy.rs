@@ -60,8 +60,11 @@ pub struct ProxyOptions {
     pub domain: String,
     /// Largest request body; larger ones get 413 (or are cut when streamed).
     pub max_body_bytes: u64,
-    /// Longest a client may take to send a request's headers.
+    /// Longest a client may take to send a request's headers, from their
+    /// first byte.
     pub header_read_timeout: Duration,
+    /// A client connection with no request for this long is closed.
+    pub idle_timeout: Duration,
     /// Longest a client may pause while sending a request body.
     pub body_idle_timeout: Duration,
     /// Largest request head (request line and headers), in bytes.
@@ -80,6 +83,7 @@ impl Default for ProxyOptions {
             domain: "svc.cluster.local".into(),
             max_body_bytes: 10 << 20,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
             body_idle_timeout: Duration::from_secs(10),
             max_header_bytes: 64 << 10,
             max_headers: 100,
@@ -137,7 +141,13 @@ impl Proxy {
             .http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(self.options.header_read_timeout)
+            // hyper's header timer runs from when it waits for a request,
+            // so it is the idle timeout; conn::Handle::watch times heads.
+            .header_read_timeout(
+                self.options
+                    .idle_timeout
+                    .max(self.options.header_read_timeout),
+            )
             .max_buf_size(self.options.max_header_bytes.max(8192))
             .max_headers(self.options.max_headers);
         builder
@@ -173,23 +183,42 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let (io, handle) = conn::track(stream);
             let proxy = self.clone();
+            let head_done = handle.head_done();
             let service = service_fn(move |req| {
+                let serving = head_done.mark();
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
+                async move {
+                    let mut response = proxy.handle(req, peer.ip()).await;
+                    response.body_mut().hold(serving);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let timeout_body = timeout_body.clone();
+            let (head_timeout, idle_timeout) =
+                (self.options.header_read_timeout, self.options.idle_timeout);
             tokio::spawn(async move {
-                let conn = builder.serve_connection(TokioIo::new(io), service);
-                if let Err(error) = watcher.watch(conn).await {
-                    let header_timeout = error
-                        .downcast_ref::<hyper::Error>()
-                        .is_some_and(hyper::Error::is_timeout);
-                    if header_timeout {
-                        handle.header_timeout(&timeout_body).await;
-                    } else {
-                        debug!(%error, %peer, "client connection ended");
+                let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+                // The connection future is dropped before the 408 is written,
+                // so the socket is the accept loop's alone then.
+                let ended = tokio::select! {
+                    result = conn => Ok(result),
+                    expired = handle.watch(head_timeout, idle_timeout) => Err(expired),
+                };
+                match ended {
+                    Err(conn::Expired::Head) => handle.header_timeout(&timeout_body).await,
+                    Err(conn::Expired::Idle) => debug!(%peer, "idle client connection closed"),
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        let timed_out = error
+                            .downcast_ref::<hyper::Error>()
+                            .is_some_and(hyper::Error::is_timeout);
+                        if timed_out {
+                            handle.header_timeout(&timeout_body).await;
+                        } else {
+                            debug!(%error, %peer, "client connection ended");
+                        }
                     }
                 }
             });

@@ -166,6 +166,7 @@ fn options() -> ProxyOptions {
     ProxyOptions {
         max_body_bytes: 1000,
         header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_millis(1500),
         body_idle_timeout: Duration::from_millis(300),
         max_header_bytes: 8192,
         max_headers: 20,
@@ -549,10 +550,63 @@ async fn slow_clients_get_408() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(answer.contains("stalled"), "{answer:?}");
-    // An idle connection is closed without a word.
-    let answer = raw(a.addr, b"", Duration::from_secs(3)).await;
+    // An idle connection is closed without a word, after --idle-timeout.
+    let started = std::time::Instant::now();
+    let answer = raw(a.addr, b"", Duration::from_secs(5)).await;
     assert_eq!(answer, "");
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(1400) && closed_after < Duration::from_secs(4),
+        "{closed_after:?}"
+    );
     assert_eq!(get(a.addr, "/").await.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn keep_alive_connections_outlive_the_header_timeout_and_slow_bodies_are_not_slow_heads() {
+    let up = upstream().await;
+    let a = serving(10, &[&up]).await;
+    let stream = TcpStream::connect(a.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = || {
+        Request::get("/")
+            .header("host", "f.ns.svc")
+            .body(Either::Left(Full::new(Bytes::new())))
+            .unwrap()
+    };
+    assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
+    // Idle for twice the header timeout (but under the idle timeout).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let response = sender.send_request(get()).await.unwrap();
+    assert_eq!(response.status(), 200, "the connection was kept");
+    response.into_body().collect().await.unwrap();
+    // A body that takes three header timeouts to arrive, a chunk every
+    // 200 ms (under the body idle timeout): served.
+    let chunks = futures::stream::unfold(0u32, |n| async move {
+        if n == 8 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"0123456789"))),
+            n + 1,
+        ))
+    });
+    let response = sender
+        .send_request(
+            Request::post("/read")
+                .header("host", "f.ns.svc")
+                .body(Either::Right(StreamBody::new(chunks)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"80");
 }
 
 #[tokio::test]

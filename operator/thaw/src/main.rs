@@ -117,9 +117,13 @@ struct ActivatorArgs {
     /// streamed body is cut when it passes the limit.
     #[arg(long, env = "THAW_MAX_BODY_BYTES", default_value_t = 10 << 20)]
     max_body_bytes: u64,
-    /// Longest a client may take to send a request's headers (408 after).
+    /// Longest a client may take to send a request's headers, from their first byte (408 after).
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_read_timeout: Duration,
+    /// A client connection with no request for this long is closed; keep it above the
+    /// idle timeout of load balancers in front of the activator.
+    #[arg(long, default_value = "90s", value_parser = duration)]
+    idle_timeout: Duration,
     /// Longest a client may pause while sending a request body (408 after).
     #[arg(long, default_value = "10s", value_parser = duration)]
     body_idle_timeout: Duration,
@@ -221,6 +225,7 @@ async fn activator(args: ActivatorArgs) -> anyhow::Result<()> {
             domain: args.domain,
             max_body_bytes: args.max_body_bytes,
             header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
             body_idle_timeout: args.body_idle_timeout,
             max_header_bytes: args.max_header_bytes,
             max_headers: args.max_headers,
