@@ -75,6 +75,10 @@ images: ## Build the thaw image and the sample function images with docker.
 kind-e2e: ## On a kind cluster: build and load the images, helm install, run the e2e tests (Docker needed).
 	bash e2e/kind/run.sh
 
+.PHONY: bench-pod-start
+bench-pod-start: cluster-up ## Time pods of the sample function from creation to Ready on the local cluster.
+	bash e2e/bench/pod-start.sh
+
 .PHONY: test
 test: tools lint build chart-lint ## Every test: lint, unit tests, chart checks, and tests against the local cluster.
 	bash e2e/run-tests.sh

@@ -156,11 +156,37 @@ impl Activator {
         id: &str,
         extra: &[&str],
     ) -> Result<Activator> {
+        let mut args: Vec<String> = vec![
+            "--watch-namespace".into(),
+            namespace.into(),
+            "--autoscaler-url".into(),
+            format!("http://127.0.0.1:{}/v1/stats", operator.http_port),
+            "--id".into(),
+            id.into(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        Self::start_args(
+            cluster.kubeconfig(),
+            &format!("{namespace}-{id}"),
+            id,
+            &args,
+        )
+    }
+
+    /// Starts `thaw activator` with `kubeconfig` and `args` of the caller's
+    /// choosing (a test passes the chart's), on free loopback ports, logging
+    /// to `.cluster/logs/tests/<log_name>.log`.
+    pub fn start_args(
+        kubeconfig: &Path,
+        log_name: &str,
+        id: &str,
+        args: &[String],
+    ) -> Result<Activator> {
         let http_port = free_port()?;
         let admin_port = free_port()?;
         let log_dir = repo_root().join(".cluster/logs/tests");
         std::fs::create_dir_all(&log_dir)?;
-        let log = log_dir.join(format!("{namespace}-{id}.log"));
+        let log = log_dir.join(format!("{log_name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -168,16 +194,10 @@ impl Activator {
         let child = Command::new(thaw_binary())
             .arg("activator")
             .arg("--kubeconfig")
-            .arg(cluster.kubeconfig())
+            .arg(kubeconfig)
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--watch-namespace", namespace])
-            .args([
-                "--autoscaler-url",
-                &format!("http://127.0.0.1:{}/v1/stats", operator.http_port),
-            ])
-            .args(["--id", id])
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info,thaw_activator=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -8,12 +8,7 @@
 //! The static chart checks (lint, schema, drift of the generated copies) are
 //! `e2e/chart/check.sh`, run by `make chart-lint`.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::{
@@ -29,11 +24,10 @@ use kube::{
 use serde_json::json;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
-    Cluster, Operator, TestNamespace,
+    Activator, Cluster, Operator, TestNamespace,
     fixtures::repo_root,
     http,
     install::{Release, chart_dir, helm, service_account_kubeconfig},
-    process::{free_port, thaw_binary},
     wait_until,
 };
 use tokio::io::AsyncWriteExt;
@@ -150,9 +144,10 @@ async fn run_with_chart_credentials(mode: Mode) {
         "--autoscaler-url=http://127.0.0.1:{}/v1/stats",
         operator.http_port
     );
-    let activator = ChartActivator::start(
+    let activator = Activator::start_args(
         &activator_kubeconfig,
         &format!("{}-{activator_id}", system.name),
+        activator_id,
         &args,
     )
     .expect("activator");
@@ -164,7 +159,7 @@ async fn run_with_chart_credentials(mode: Mode) {
         )
     };
     activator
-        .wait_ready()
+        .wait_ready(WAIT)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
 
@@ -302,79 +297,6 @@ async fn run_with_chart_credentials(mode: Mode) {
     drop(activator);
     drop(operator);
     drop(release);
-}
-
-/// `thaw activator` run here with a kubeconfig and arguments of the test's
-/// choosing (the chart's), on loopback ports; stopped when dropped.
-struct ChartActivator {
-    child: Child,
-    http_port: u16,
-    admin_port: u16,
-    log: PathBuf,
-}
-
-impl ChartActivator {
-    fn start(kubeconfig: &Path, log_name: &str, args: &[String]) -> Result<ChartActivator> {
-        let http_port = free_port()?;
-        let admin_port = free_port()?;
-        let dir = repo_root().join(".cluster/logs/tests");
-        std::fs::create_dir_all(&dir)?;
-        let log = dir.join(format!("{log_name}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(thaw_binary())
-            .arg("activator")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg(format!("--http-addr=127.0.0.1:{http_port}"))
-            .arg(format!("--admin-addr=127.0.0.1:{admin_port}"))
-            .args(args)
-            .env("RUST_LOG", "info,thaw_activator=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting thaw activator")?;
-        Ok(ChartActivator {
-            child,
-            http_port,
-            admin_port,
-            log,
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.http_port))
-    }
-
-    async fn wait_ready(&self) -> Result<()> {
-        let admin = SocketAddr::from(([127, 0, 0, 1], self.admin_port));
-        wait_until("the activator to be ready", WAIT, || async move {
-            let reply = http::get(admin, "localhost", "/readyz", Duration::from_secs(2)).await?;
-            Ok((reply.status == 200).then_some(()))
-        })
-        .await
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ChartActivator {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A component's arguments as the chart's Deployment renders them, made
