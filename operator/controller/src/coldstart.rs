@@ -79,17 +79,12 @@ impl std::fmt::Display for Breakdown {
         write!(
             f,
             "ready {} after the decision: scheduled in {}, process started {} later, ready {} after that",
-            GoStyle(to_millis(self.total)),
-            GoStyle(to_millis(self.schedule)),
-            GoStyle(to_millis(self.start)),
-            GoStyle(to_millis(self.ready))
+            GoStyle(self.total),
+            GoStyle(self.schedule),
+            GoStyle(self.start),
+            GoStyle(self.ready)
         )
     }
-}
-
-/// Watch latency makes anything finer than a millisecond noise.
-fn to_millis(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -430,6 +430,16 @@ pub fn decide(
             Why::Busy { busy },
         ),
     ];
+    // Waiting requests first: on a tie they are the more precise reason.
+    if waiting > 0 {
+        let needed = if settings.concurrency == 0 {
+            1
+        } else {
+            let hard = u64::from(settings.concurrency);
+            u32::try_from((in_flight + u64::from(waiting)).div_ceil(hard)).unwrap_or(u32::MAX)
+        };
+        terms.push((needed.max(1), Why::Waiting { waiting }));
+    }
     // Windowed demand sizes the pool only while the function has traffic.
     // Once nothing is in flight, waiting or arriving, each instance lives
     // exactly its keep-alive past its own last request: a window still
@@ -458,15 +468,6 @@ pub fn decide(
                 panic: false,
             },
         )),
-    }
-    if waiting > 0 {
-        let needed = if settings.concurrency == 0 {
-            1
-        } else {
-            let hard = u64::from(settings.concurrency);
-            u32::try_from((in_flight + u64::from(waiting)).div_ceil(hard)).unwrap_or(u32::MAX)
-        };
-        terms.push((needed.max(1), Why::Waiting { waiting }));
     }
     // The largest term wins; on a tie the earliest (the steadiest reason).
     let (wanted, why) =

@@ -4,7 +4,8 @@
 
 use std::{fmt, time::Duration};
 
-/// Displays a [`Duration`] Go-style: `0s`, `250ms`, `1.5s`, `5m0s`, `1h0m0s`.
+/// Displays a [`Duration`] Go-style: `0s`, `250ms`, `1.5s`, `5m0s`, `1h0m0s`,
+/// rounded to the millisecond from a millisecond up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GoStyle(pub Duration);
 
@@ -25,7 +26,14 @@ fn decimal(f: &mut fmt::Formatter<'_>, whole: u128, part: u128, digits: usize) -
 
 impl fmt::Display for GoStyle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = self.0.as_nanos();
+        // Past a millisecond, finer digits are measurement noise in
+        // everything thaw prints (events, summaries, annotations).
+        let raw = self.0.as_nanos();
+        let nanos = if raw >= 1_000_000 {
+            (raw + 500_000) / 1_000_000 * 1_000_000
+        } else {
+            raw
+        };
         if nanos == 0 {
             return f.write_str("0s");
         }
@@ -40,7 +48,7 @@ impl fmt::Display for GoStyle {
             decimal(f, nanos / 1_000_000, nanos % 1_000_000, 6)?;
             return f.write_str("ms");
         }
-        let secs = self.0.as_secs();
+        let secs = nanos / 1_000_000_000;
         let (hours, minutes, seconds) = (secs / 3600, secs / 60 % 60, secs % 60);
         if hours > 0 {
             write!(f, "{hours}h")?;
@@ -48,7 +56,7 @@ impl fmt::Display for GoStyle {
         if hours > 0 || minutes > 0 {
             write!(f, "{minutes}m")?;
         }
-        decimal(f, u128::from(seconds), u128::from(self.0.subsec_nanos()), 9)?;
+        decimal(f, seconds, nanos % 1_000_000_000, 9)?;
         f.write_str("s")
     }
 }
@@ -58,13 +66,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_like_go() {
+    fn formats_like_go_to_the_millisecond() {
         let cases = [
             (Duration::ZERO, "0s"),
             (Duration::from_nanos(1), "1ns"),
             (Duration::from_nanos(1_500), "1.5µs"),
             (Duration::from_millis(250), "250ms"),
-            (Duration::from_micros(1_500), "1.5ms"),
+            (Duration::from_micros(1_500), "2ms"),
+            (Duration::from_micros(525_631), "526ms"),
             (Duration::from_millis(1_500), "1.5s"),
             (Duration::from_secs(1), "1s"),
             (Duration::from_secs(30), "30s"),
@@ -74,7 +83,8 @@ mod tests {
             (Duration::from_secs(5400), "1h30m0s"),
             (Duration::from_secs(86_400), "24h0m0s"),
             (Duration::from_millis(61_250), "1m1.25s"),
-            (Duration::new(3, 1), "3.000000001s"),
+            (Duration::new(3, 1), "3s"),
+            (Duration::new(5, 5_698_289), "5.006s"),
         ];
         for (d, want) in cases {
             assert_eq!(format_duration(d), want, "{d:?}");
