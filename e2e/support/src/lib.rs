@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod fixtures;
+pub mod functions;
 pub mod http;
 pub mod install;
 pub mod metrics;

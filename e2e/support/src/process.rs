@@ -26,6 +26,36 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts `thaw <subcommand> --kubeconfig <kubeconfig> <args>`, logging
+/// (debug for `crate_name`) to `.cluster/logs/tests/<log_name>.log`.
+fn spawn_thaw(
+    subcommand: &str,
+    crate_name: &str,
+    kubeconfig: &Path,
+    log_name: &str,
+    args: &[String],
+) -> Result<(Child, PathBuf)> {
+    let log_dir = repo_root().join(".cluster/logs/tests");
+    std::fs::create_dir_all(&log_dir)?;
+    let log = log_dir.join(format!("{log_name}.log"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let child = Command::new(thaw_binary())
+        .arg(subcommand)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("RUST_LOG", format!("info,{crate_name}=debug"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", thaw_binary().display()))?;
+    Ok((child, log))
+}
+
 /// A running `thaw operator`.
 pub struct Operator {
     child: Child,
@@ -68,25 +98,9 @@ impl Operator {
         args: &[String],
     ) -> Result<Operator> {
         let http_port = free_port()?;
-        let log_dir = repo_root().join(".cluster/logs/tests");
-        std::fs::create_dir_all(&log_dir)?;
-        let log = log_dir.join(format!("{log_name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(thaw_binary())
-            .arg("operator")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(args)
-            .env("RUST_LOG", "info,thaw_controller=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", thaw_binary().display()))?;
+        let mut all = vec!["--http-addr".to_owned(), format!("127.0.0.1:{http_port}")];
+        all.extend_from_slice(args);
+        let (child, log) = spawn_thaw("operator", "thaw_controller", kubeconfig, log_name, &all)?;
         Ok(Operator {
             child,
             identity: identity.to_owned(),
@@ -184,26 +198,14 @@ impl Activator {
     ) -> Result<Activator> {
         let http_port = free_port()?;
         let admin_port = free_port()?;
-        let log_dir = repo_root().join(".cluster/logs/tests");
-        std::fs::create_dir_all(&log_dir)?;
-        let log = log_dir.join(format!("{log_name}.log"));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(thaw_binary())
-            .arg("activator")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(args)
-            .env("RUST_LOG", "info,thaw_activator=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", thaw_binary().display()))?;
+        let mut all = vec![
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{http_port}"),
+            "--admin-addr".to_owned(),
+            format!("127.0.0.1:{admin_port}"),
+        ];
+        all.extend_from_slice(args);
+        let (child, log) = spawn_thaw("activator", "thaw_activator", kubeconfig, log_name, &all)?;
         Ok(Activator {
             child,
             id: id.to_owned(),

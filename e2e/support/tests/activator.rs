@@ -18,12 +18,13 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
 use serde_json::{Value, json};
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
     Cluster, Operator, TestNamespace,
+    functions::apply_function,
     http::{Reply, get, send},
     process::Activator,
     wait_until,
@@ -95,19 +96,7 @@ impl World {
 
     /// Applies Function `name` and waits until the activator knows it.
     async fn function(&self, name: &str, spec: Value) {
-        let function = json!({
-            "apiVersion": "thaw.dev/v1alpha1",
-            "kind": "Function",
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        self.ns
-            .api::<Function>()
-            .patch(
-                name,
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&function),
-            )
+        apply_function(&self.ns, name, spec)
             .await
             .expect("apply Function");
         let series = format!(

@@ -11,11 +11,11 @@ use std::{
 
 use anyhow::Result;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
-use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use thaw_api::Function;
 use thaw_e2e::{
     Activator, Cluster, Operator, TestNamespace,
+    functions::{apply_function, instance_pods, is_ready},
     http::{self, Reply},
     metrics::metric_sum,
     wait_until,
@@ -57,17 +57,7 @@ impl Setup {
     }
 
     async fn apply(&self, name: &str, spec: serde_json::Value) {
-        let function = json!({
-            "apiVersion": "thaw.dev/v1alpha1", "kind": "Function",
-            "metadata": { "name": name }, "spec": spec,
-        });
-        self.ns
-            .api::<Function>()
-            .patch(
-                name,
-                &PatchParams::apply("test").force(),
-                &Patch::Apply(&function),
-            )
+        apply_function(&self.ns, name, spec)
             .await
             .expect("apply Function");
     }
@@ -90,24 +80,12 @@ impl Setup {
     }
 
     async fn live_pods(&self, name: &str) -> Result<Vec<Pod>> {
-        let pods = self
-            .ns
-            .api::<Pod>()
-            .list(&ListParams::default().labels(&format!("thaw.dev/function={name}")))
-            .await?;
-        Ok(pods
-            .items
+        Ok(instance_pods(&self.ns, name)
+            .await?
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect())
     }
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn annotation(pod: &Pod, key: &str) -> Option<String> {

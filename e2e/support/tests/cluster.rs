@@ -12,16 +12,9 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::json;
-use thaw_e2e::{Cluster, http, wait_until};
+use thaw_e2e::{Cluster, functions::is_ready, http, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
 
 #[tokio::test]
 async fn the_node_is_ready() {
@@ -72,7 +65,7 @@ async fn a_pod_runs_answers_http_on_its_own_ip_and_stops_when_deleted() {
         let pod = wait_until(&format!("{name} Ready with an IP"), WAIT, || async {
             let pod = pods.get(name).await?;
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-            Ok((pod_ready(&pod) && ip.is_some()).then_some(pod))
+            Ok((is_ready(&pod) && ip.is_some()).then_some(pod))
         })
         .await
         .expect("pod ready");

@@ -26,6 +26,7 @@ use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
     Activator, Cluster, Operator, TestNamespace,
     fixtures::repo_root,
+    functions::instance_pods,
     http,
     install::{Release, chart_dir, helm, service_account_kubeconfig},
     wait_until,
@@ -196,7 +197,7 @@ async fn run_with_chart_credentials(mode: Mode) {
 
     // pods create + the pod watch.
     wait_until("one ready instance of hello", WAIT, || async {
-        let pods = instance_pods(&apps).await?;
+        let pods = instance_pods(&apps, "hello").await?;
         Ok((pods.len() == 1 && pods.iter().all(is_ready)).then_some(()))
     })
     .await
@@ -262,7 +263,10 @@ async fn run_with_chart_credentials(mode: Mode) {
         .await
         .expect("apply Function");
     wait_until("hello to scale to zero", WAIT, || async {
-        Ok(instance_pods(&apps).await?.is_empty().then_some(()))
+        Ok(instance_pods(&apps, "hello")
+            .await?
+            .is_empty()
+            .then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
@@ -284,7 +288,10 @@ async fn run_with_chart_credentials(mode: Mode) {
         "no Thaw-Cold-Start header on a cold start: {reply:?}"
     );
     wait_until("hello to scale to zero again", WAIT, || async {
-        Ok(instance_pods(&apps).await?.is_empty().then_some(()))
+        Ok(instance_pods(&apps, "hello")
+            .await?
+            .is_empty()
+            .then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
@@ -619,14 +626,6 @@ fn expect_forbidden<T>(result: kube::Result<T>, what: &str) -> Result<()> {
         Err(error) => bail!("{what}: expected 403 Forbidden, got {error}"),
         Ok(_) => bail!("{what}: allowed, but the chart should not grant it"),
     }
-}
-
-async fn instance_pods(ns: &TestNamespace) -> Result<Vec<Pod>> {
-    let pods = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}=hello")))
-        .await?;
-    Ok(pods.items)
 }
 
 fn is_ready(pod: &Pod) -> bool {

@@ -9,16 +9,17 @@ use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Pod, Service},
 };
-use kube::{
-    Api,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
-};
+use kube::{Api, api::DeleteParams};
 use serde_json::json;
 use thaw_api::{
     Function,
     keys::{FUNCTION_LABEL, SPEC_HASH_LABEL},
 };
-use thaw_e2e::{Cluster, Operator, TestNamespace, wait_until};
+use thaw_e2e::{
+    Cluster, Operator, TestNamespace,
+    functions::{apply_function, instance_pods, is_ready},
+    wait_until,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -27,38 +28,6 @@ async fn setup(prefix: &str) -> (Cluster, TestNamespace) {
     cluster.install_function_crd().await.expect("CRD");
     let ns = cluster.namespace(prefix).await.expect("namespace");
     (cluster, ns)
-}
-
-async fn apply_function(ns: &TestNamespace, name: &str, spec: serde_json::Value) {
-    let function = json!({
-        "apiVersion": "thaw.dev/v1alpha1",
-        "kind": "Function",
-        "metadata": { "name": name },
-        "spec": spec,
-    });
-    ns.api::<Function>()
-        .patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&function),
-        )
-        .await
-        .expect("apply Function");
-}
-
-async fn instance_pods(ns: &TestNamespace, name: &str) -> Result<Vec<Pod>> {
-    let pods = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={name}")))
-        .await?;
-    Ok(pods.items)
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn names(pods: &[Pod]) -> BTreeSet<String> {
@@ -102,7 +71,8 @@ async fn min_instances_are_created_owned_and_reported() {
         "hello",
         json!({"image": "thaw.dev/samples/hello:latest", "scaling": {"minInstances": 2}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
 
     let pods = wait_ready_pods(&ns, "hello", 2)
         .await
@@ -190,7 +160,8 @@ async fn changing_the_image_replaces_every_instance() {
         "roll",
         json!({"image": "thaw.dev/samples/hello:1", "scaling": {"minInstances": 2}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
     let before = names(
         &wait_ready_pods(&ns, "roll", 2)
             .await
@@ -202,7 +173,8 @@ async fn changing_the_image_replaces_every_instance() {
         "roll",
         json!({"image": "thaw.dev/samples/testfn:1", "scaling": {"minInstances": 2}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
     let after = wait_until("2 ready instances of the new image only", WAIT, || async {
         let pods = instance_pods(&ns, "roll").await?;
         let all_new = pods.iter().all(|p| {
@@ -230,7 +202,8 @@ async fn an_unknown_image_is_not_ready_with_the_reason_and_no_churn() {
         "bad",
         json!({"image": "registry.invalid/nope:1", "scaling": {"minInstances": 1}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
 
     let (status, reason, message) = wait_until("Ready=False with a pull error", WAIT, || async {
         Ok(ready_condition(&ns, "bad")
@@ -276,7 +249,8 @@ async fn deleting_the_function_removes_its_pods_and_service() {
         "gone",
         json!({"image": "thaw.dev/samples/hello", "scaling": {"minInstances": 1}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
     wait_ready_pods(&ns, "gone", 1)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log()));
@@ -308,7 +282,8 @@ async fn a_restarted_operator_adopts_existing_pods() {
         "keep",
         json!({"image": "thaw.dev/samples/hello", "scaling": {"minInstances": 2}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
     let before = names(
         &wait_ready_pods(&ns, "keep", 2)
             .await
@@ -328,7 +303,7 @@ async fn a_restarted_operator_adopts_existing_pods() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", restarted.log()));
-    apply_function(&ns, "keep", json!({"image": "thaw.dev/samples/hello", "scaling": {"minInstances": 2, "keepAlive": "10m"}})).await;
+    apply_function(&ns, "keep", json!({"image": "thaw.dev/samples/hello", "scaling": {"minInstances": 2, "keepAlive": "10m"}})).await.expect("apply Function");
     wait_until("the status to show the new generation", WAIT, || async {
         let f = ns.api::<Function>().get("keep").await?;
         let seen = f.status.and_then(|s| s.observed_generation) == f.metadata.generation;
@@ -351,7 +326,8 @@ async fn two_operators_never_both_create_pods() {
         "one",
         json!({"image": "thaw.dev/samples/hello", "scaling": {"minInstances": 3}}),
     )
-    .await;
+    .await
+    .expect("apply Function");
     let pods = wait_ready_pods(&ns, "one", 3)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", first.log(), second.log()));
