@@ -3,17 +3,25 @@
 //! components run with exactly the RBAC the chart grants and the API server
 //! enforces it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::{
+    apps::v1::Deployment,
     authentication::v1::{TokenRequest, TokenRequestSpec},
+    coordination::v1::Lease,
     core::v1::ServiceAccount,
 };
 use kube::{Api, Client, api::PostParams};
 use serde_json::{Value, json};
 
-use crate::{Cluster, cluster::client_from, fixtures::repo_root};
+use crate::{
+    Activator, Cluster, Operator, TestNamespace, cluster::client_from, fixtures::repo_root,
+    wait_until,
+};
 
 /// The chart: `charts/thaw`, or `$THAW_CHART` (a changed copy, to see a
 /// test fail).
@@ -216,4 +224,173 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// Which RBAC the chart renders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `watchNamespaces: []`: ClusterRoles.
+    AllNamespaces,
+    /// `watchNamespaces: [<ns>]`: Roles in that namespace only.
+    OneNamespace,
+}
+
+/// `thaw operator` and `thaw activator` run here with the arguments the
+/// chart's Deployments render and the tokens of the chart's ServiceAccounts,
+/// so the API server enforces exactly the chart's RBAC. Only the listen
+/// addresses and the stats URL move to loopback. Stopped when dropped.
+pub struct ChartThaw {
+    pub activator: Activator,
+    pub operator: Operator,
+    /// A client with the operator's token.
+    pub operator_client: Client,
+}
+
+impl ChartThaw {
+    /// Starts both for `release`, serving Functions in `apps`, and waits
+    /// until the activator is ready and the operator holds its Lease.
+    pub async fn start(
+        cluster: &Cluster,
+        release: &Release,
+        apps: &TestNamespace,
+        mode: Mode,
+    ) -> Result<ChartThaw> {
+        let (operator_kubeconfig, operator_client) =
+            service_account_kubeconfig(cluster, &release.namespace, &release.operator()).await?;
+        let (activator_kubeconfig, _) =
+            service_account_kubeconfig(cluster, &release.namespace, &release.activator()).await?;
+        let identity = "chart-operator";
+        let args = chart_args(
+            cluster,
+            release,
+            "operator",
+            "--identity",
+            identity,
+            &apps.name,
+            mode,
+        )
+        .await?;
+        let operator = Operator::start_args(
+            &operator_kubeconfig,
+            &format!("{}-{identity}", release.namespace),
+            identity,
+            &args,
+        )?;
+        let activator_id = "chart-activator";
+        let mut args = chart_args(
+            cluster,
+            release,
+            "activator",
+            "--id",
+            activator_id,
+            &apps.name,
+            mode,
+        )
+        .await?;
+        // The chart's URL names the operator's headless Service, which only
+        // cluster DNS resolves; here the operator listens on loopback.
+        let chart_url = format!(
+            "--autoscaler-url=http://{}.{}.svc:9090/v1/stats",
+            release.operator(),
+            release.namespace
+        );
+        let url = args
+            .iter()
+            .position(|a| *a == chart_url)
+            .with_context(|| format!("no {chart_url} in {args:?}"))?;
+        args[url] = format!(
+            "--autoscaler-url=http://127.0.0.1:{}/v1/stats",
+            operator.http_port
+        );
+        let activator = Activator::start_args(
+            &activator_kubeconfig,
+            &format!("{}-{activator_id}", release.namespace),
+            activator_id,
+            &args,
+        )?;
+        let chart = ChartThaw {
+            activator,
+            operator,
+            operator_client,
+        };
+        let wait = Duration::from_secs(60);
+        chart
+            .activator
+            .wait_ready(wait)
+            .await
+            .with_context(|| chart.logs())?;
+        let leases: Api<Lease> = Api::namespaced(cluster.client(), &release.namespace);
+        wait_until("the operator to hold its Lease", wait, || async {
+            let lease = leases.get_opt(&release.operator()).await?;
+            let holder = lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
+            Ok((holder.as_deref() == Some(identity)).then_some(()))
+        })
+        .await
+        .with_context(|| chart.logs())?;
+        Ok(chart)
+    }
+
+    /// Both components' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "operator log:\n{}\nactivator log:\n{}",
+            self.operator.log(),
+            self.activator.log()
+        )
+    }
+}
+
+/// A component's arguments as the chart's Deployment renders them, made
+/// runnable here: the subcommand and the listen addresses dropped (the
+/// caller picks loopback ports), `$(VAR)` expanded as Kubernetes would, the
+/// pod name passed as a flag, and, in the all-namespaces mode,
+/// `--watch-namespace` added so this component leaves other tests'
+/// Functions alone.
+pub async fn chart_args(
+    cluster: &Cluster,
+    release: &Release,
+    component: &str,
+    name_flag: &str,
+    identity: &str,
+    apps: &str,
+    mode: Mode,
+) -> Result<Vec<String>> {
+    let deployment_name = format!("{}-{component}", release.name);
+    let deployment = Api::<Deployment>::namespaced(cluster.client(), &release.namespace)
+        .get(&deployment_name)
+        .await?;
+    let container = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == component))
+        .with_context(|| format!("{deployment_name} has no `{component}` container"))?;
+    let args = container.args.unwrap_or_default();
+    if args.first().map(String::as_str) != Some(component) {
+        bail!("{deployment_name} does not run `thaw {component}`: {args:?}");
+    }
+    let watch = format!("--watch-namespace={apps}");
+    match mode {
+        Mode::OneNamespace if !args.contains(&watch) => bail!("no {watch} in {args:?}"),
+        Mode::AllNamespaces if args.iter().any(|a| a.starts_with("--watch-namespace")) => {
+            bail!("all-namespaces mode renders --watch-namespace: {args:?}")
+        }
+        _ => {}
+    }
+    let mut runnable: Vec<String> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--http-addr") && !a.starts_with("--admin-addr"))
+        .map(|a| {
+            a.replace("$(POD_NAMESPACE)", &release.namespace)
+                .replace("$(POD_NAME)", identity)
+        })
+        .collect();
+    if let Some(unexpanded) = runnable.iter().find(|a| a.contains("$(")) {
+        bail!("an argument refers to a variable the test does not set: {unexpanded}");
+    }
+    runnable.push(format!("{name_flag}={identity}"));
+    if mode == Mode::AllNamespaces {
+        runnable.push(watch);
+    }
+    Ok(runnable)
 }

@@ -1,7 +1,8 @@
 //! The autoscaler end to end on the local cluster: scale from zero on the
 //! first request, scale up on concurrency, destroy each instance exactly its
 //! keep-alive after its own last request, floors, warm instances, the
-//! instance cap, and reaping under load without losing a request.
+//! instance cap, and reaping under load without losing a request; thaw runs
+//! with the chart's ServiceAccounts and RBAC throughout.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,19 +15,25 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use serde_json::json;
 use thaw_api::Function;
 use thaw_e2e::{
-    Activator, Cluster, Operator, TestNamespace,
+    Cluster, TestNamespace,
     functions::{apply_function, instance_pods, is_ready},
     http::{self, Reply},
+    install::{ChartThaw, Mode, Release},
     metrics::metric_sum,
     wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// One test's world: a namespace for its Functions, and thaw installed by the
+/// chart in a namespace of its own, running with the tokens of the chart's
+/// ServiceAccounts (namespaced RBAC), so a permission the chart forgot fails
+/// these scenarios. Fields drop in order: processes, release, namespaces.
 struct Setup {
+    chart: ChartThaw,
+    _release: Release,
+    _system: TestNamespace,
     ns: TestNamespace,
-    operator: Operator,
-    activator: Activator,
 }
 
 impl Setup {
@@ -34,26 +41,32 @@ impl Setup {
         let cluster = Cluster::shared().await.expect("cluster");
         cluster.install_function_crd().await.expect("CRD");
         let ns = cluster.namespace(prefix).await.expect("namespace");
-        let operator = Operator::start(&cluster, &ns.name, "op").expect("operator");
-        let activator =
-            Activator::start(&cluster, &ns.name, &operator, "act", &[]).expect("activator");
-        activator
-            .wait_ready(WAIT)
+        let system = cluster
+            .namespace(&format!("{prefix}-sys"))
             .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", activator.log()));
+            .expect("namespace");
+        let watch = format!("watchNamespaces={{{}}}", ns.name);
+        let release = Release::install(
+            &cluster,
+            &format!("thaw-{}", ns.name),
+            &system.name,
+            &["operator.replicas=0", "activator.replicas=0", &watch],
+        )
+        .await
+        .expect("helm install");
+        let chart = ChartThaw::start(&cluster, &release, &ns, Mode::OneNamespace)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         Setup {
+            chart,
+            _release: release,
+            _system: system,
             ns,
-            operator,
-            activator,
         }
     }
 
     fn logs(&self) -> String {
-        format!(
-            "--- operator\n{}\n--- activator\n{}",
-            self.operator.log(),
-            self.activator.log()
-        )
+        self.chart.logs()
     }
 
     async fn apply(&self, name: &str, spec: serde_json::Value) {
@@ -76,7 +89,13 @@ impl Setup {
     /// One request through the activator, addressed by Host.
     async fn request(&self, name: &str, path: &str) -> Result<Reply> {
         let host = format!("{name}.{}.svc.cluster.local", self.ns.name);
-        http::get(self.activator.addr(), &host, path, Duration::from_secs(60)).await
+        http::get(
+            self.chart.activator.addr(),
+            &host,
+            path,
+            Duration::from_secs(60),
+        )
+        .await
     }
 
     async fn live_pods(&self, name: &str) -> Result<Vec<Pod>> {
@@ -387,7 +406,7 @@ async fn reaping_under_steady_load_loses_no_request() {
         let gap = if wave % 3 == 0 { 1500 } else { 200 };
         tokio::time::sleep(Duration::from_millis(gap)).await;
     }
-    let operator = std::net::SocketAddr::from(([127, 0, 0, 1], setup.operator.http_port));
+    let operator = std::net::SocketAddr::from(([127, 0, 0, 1], setup.chart.operator.http_port));
     let reaps = metric_sum(operator, "thaw_reaps_total")
         .await
         .expect("operator metrics");

@@ -24,25 +24,16 @@ use kube::{
 use serde_json::json;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
-    Activator, Cluster, Operator, TestNamespace,
+    Cluster, TestNamespace,
     fixtures::repo_root,
     functions::instance_pods,
     http,
-    install::{Release, chart_dir, helm, service_account_kubeconfig},
+    install::{ChartThaw, Mode, Release, chart_dir, helm, service_account_kubeconfig},
     wait_until,
 };
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Which RBAC the chart renders.
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    /// `watchNamespaces: []`: ClusterRoles.
-    AllNamespaces,
-    /// `watchNamespaces: [<ns>]`: Roles in that namespace only.
-    OneNamespace,
-}
 
 #[tokio::test]
 async fn thaw_runs_with_the_charts_cluster_wide_rbac() {
@@ -87,92 +78,18 @@ async fn run_with_chart_credentials(mode: Mode) {
     pods_of_the_chart_meet_restricted_pod_security(&cluster, &release)
         .await
         .expect("restricted Pod Security");
-    let activator_kubeconfig = check_activator_account(&cluster, &release, &apps, mode)
+    check_activator_account(&cluster, &release, &apps, mode)
         .await
         .expect("activator account");
 
-    let (kubeconfig, operator_client) =
-        service_account_kubeconfig(&cluster, &system.name, &release.operator())
-            .await
-            .expect("operator token");
-    check_operator_account(&operator_client, &system, &apps, mode)
+    let chart = ChartThaw::start(&cluster, &release, &apps, mode)
+        .await
+        .expect("thaw with the chart's credentials");
+    check_operator_account(&chart.operator_client, &system, &apps, mode)
         .await
         .expect("operator account");
-
-    let identity = "chart-operator";
-    let args = chart_args(
-        &cluster,
-        &release,
-        "operator",
-        "--identity",
-        identity,
-        &apps.name,
-        mode,
-    )
-    .await
-    .expect("the chart's operator arguments");
-    let operator = Operator::start_args(
-        &kubeconfig,
-        &format!("{}-{identity}", system.name),
-        identity,
-        &args,
-    )
-    .expect("operator");
-
-    let activator_id = "chart-activator";
-    let mut args = chart_args(
-        &cluster,
-        &release,
-        "activator",
-        "--id",
-        activator_id,
-        &apps.name,
-        mode,
-    )
-    .await
-    .expect("the chart's activator arguments");
-    // The chart's URL names the operator's headless Service, which only
-    // cluster DNS resolves; here the operator listens on loopback.
-    let chart_url = format!(
-        "--autoscaler-url=http://{}.{}.svc:9090/v1/stats",
-        release.operator(),
-        system.name
-    );
-    let Some(url) = args.iter().position(|a| *a == chart_url) else {
-        panic!("no {chart_url} in {args:?}");
-    };
-    args[url] = format!(
-        "--autoscaler-url=http://127.0.0.1:{}/v1/stats",
-        operator.http_port
-    );
-    let activator = Activator::start_args(
-        &activator_kubeconfig,
-        &format!("{}-{activator_id}", system.name),
-        activator_id,
-        &args,
-    )
-    .expect("activator");
-    let logs = || {
-        format!(
-            "operator log:\n{}\nactivator log:\n{}",
-            operator.log(),
-            activator.log()
-        )
-    };
-    activator
-        .wait_ready(WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
-
-    // The Lease in the release namespace, held by this operator.
-    let leases: Api<Lease> = Api::namespaced(cluster.client(), &system.name);
-    wait_until("the operator to hold its Lease", WAIT, || async {
-        let lease = leases.get_opt(&release.operator()).await?;
-        let holder = lease.and_then(|l| l.spec).and_then(|s| s.holder_identity);
-        Ok((holder.as_deref() == Some(identity)).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    let activator = &chart.activator;
+    let logs = || chart.logs();
 
     let functions: Api<Function> = apps.api();
     let hello = |min: i32, keep_alive: &str| {
@@ -301,64 +218,8 @@ async fn run_with_chart_credentials(mode: Mode) {
         !text.to_lowercase().contains("forbidden"),
         "a component was refused something:\n{text}"
     );
-    drop(activator);
-    drop(operator);
+    drop(chart);
     drop(release);
-}
-
-/// A component's arguments as the chart's Deployment renders them, made
-/// runnable here: the subcommand and the listen addresses dropped (the
-/// caller picks loopback ports), `$(VAR)` expanded as Kubernetes would, the
-/// pod name passed as a flag, and, in the all-namespaces mode,
-/// `--watch-namespace` added so this component leaves other tests'
-/// Functions alone.
-async fn chart_args(
-    cluster: &Cluster,
-    release: &Release,
-    component: &str,
-    name_flag: &str,
-    identity: &str,
-    apps: &str,
-    mode: Mode,
-) -> Result<Vec<String>> {
-    let deployment_name = format!("{}-{component}", release.name);
-    let deployment = Api::<Deployment>::namespaced(cluster.client(), &release.namespace)
-        .get(&deployment_name)
-        .await?;
-    let container = deployment
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|s| s.containers.into_iter().find(|c| c.name == component))
-        .with_context(|| format!("{deployment_name} has no `{component}` container"))?;
-    let args = container.args.unwrap_or_default();
-    if args.first().map(String::as_str) != Some(component) {
-        bail!("{deployment_name} does not run `thaw {component}`: {args:?}");
-    }
-    let watch = format!("--watch-namespace={apps}");
-    match mode {
-        Mode::OneNamespace if !args.contains(&watch) => bail!("no {watch} in {args:?}"),
-        Mode::AllNamespaces if args.iter().any(|a| a.starts_with("--watch-namespace")) => {
-            bail!("all-namespaces mode renders --watch-namespace: {args:?}")
-        }
-        _ => {}
-    }
-    let mut runnable: Vec<String> = args
-        .iter()
-        .skip(1)
-        .filter(|a| !a.starts_with("--http-addr") && !a.starts_with("--admin-addr"))
-        .map(|a| {
-            a.replace("$(POD_NAMESPACE)", &release.namespace)
-                .replace("$(POD_NAME)", identity)
-        })
-        .collect();
-    if let Some(unexpanded) = runnable.iter().find(|a| a.contains("$(")) {
-        bail!("an argument refers to a variable the test does not set: {unexpanded}");
-    }
-    runnable.push(format!("{name_flag}={identity}"));
-    if mode == Mode::AllNamespaces {
-        runnable.push(watch);
-    }
-    Ok(runnable)
 }
 
 /// The operator's account watches the activator pods in its own namespace
@@ -406,8 +267,8 @@ async fn check_activator_account(
     release: &Release,
     apps: &TestNamespace,
     mode: Mode,
-) -> Result<PathBuf> {
-    let (kubeconfig, activator) =
+) -> Result<()> {
+    let (_, activator) =
         service_account_kubeconfig(cluster, &release.namespace, &release.activator()).await?;
     let (functions, pods): (Api<Function>, Api<Pod>) = match mode {
         Mode::AllNamespaces => (Api::all(activator.clone()), Api::all(activator.clone())),
@@ -474,7 +335,7 @@ async fn check_activator_account(
             "list Functions in all namespaces",
         )?;
     }
-    Ok(kubeconfig)
+    Ok(())
 }
 
 /// Labels `ns` to enforce the "restricted" Pod Security Standard.
