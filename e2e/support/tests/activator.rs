@@ -100,7 +100,7 @@ impl World {
             .await
             .expect("apply Function");
         let series = format!(
-            "thaw_activator_in_flight{{function=\"{name}\",namespace=\"{}\"}}",
+            "thaw_activator_function_routed{{function=\"{name}\",namespace=\"{}\"}} 1",
             self.ns.name
         );
         wait_until("the activator to know the Function", WAIT, || async {

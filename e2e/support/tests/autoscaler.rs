@@ -73,14 +73,24 @@ impl Setup {
         apply_function(&self.ns, name, spec)
             .await
             .expect("apply Function");
+        self.wait_routable(name).await;
     }
 
-    /// Waits until the activator routes `name` (its watch has delivered the
-    /// Function): one request, repeated while the answer is 404.
+    /// Waits until the activator routes `name`: its watch has delivered the
+    /// Function (its pods can arrive first).
     async fn wait_routable(&self, name: &str) {
+        let series = format!(
+            "thaw_activator_function_routed{{function=\"{name}\",namespace=\"{}\"}} 1",
+            self.ns.name
+        );
         wait_until("the activator to route the Function", WAIT, || async {
-            let reply = self.request(name, "/healthz").await?;
-            Ok((reply.status != 404).then_some(()))
+            Ok(self
+                .chart
+                .activator
+                .metrics()
+                .await?
+                .contains(&series)
+                .then_some(()))
         })
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
@@ -359,7 +369,6 @@ async fn warm_instances_stay_ready_beside_the_busy_one() {
 async fn max_instances_caps_the_pool_and_the_rest_waits() {
     let setup = Arc::new(Setup::new("as-max").await);
     setup.apply("fn", json!({ "image": "thaw.dev/samples/testfn", "scaling": { "maxInstances": 3, "keepAlive": "30s" } })).await;
-    setup.wait_routable("fn").await;
     let (pool, watcher) = watch_pool(&setup, "fn");
     let replies = burst(&setup, "fn", 10, "/?sleep=300").await;
     watcher.abort();
@@ -385,7 +394,6 @@ async fn max_instances_caps_the_pool_and_the_rest_waits() {
 async fn reaping_under_steady_load_loses_no_request() {
     let setup = Arc::new(Setup::new("as-reap").await);
     setup.apply("fn", json!({ "image": "thaw.dev/samples/testfn", "concurrency": 1, "scaling": { "keepAlive": "1s" } })).await;
-    setup.wait_routable("fn").await;
     // Waves of 1 to 6 concurrent requests for about 20 s: instances start
     // for each wave and expire between them.
     let started = Instant::now();

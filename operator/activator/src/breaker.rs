@@ -156,6 +156,7 @@ impl Registry {
             return;
         }
         let entry = self.entry(namespace, name);
+        entry.metrics.routed.set(i64::from(config.is_some()));
         entry.with(|s| s.set_config(config, Instant::now()));
         self.prune(namespace, name);
     }

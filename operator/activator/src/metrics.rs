@@ -26,6 +26,7 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// Requests waiting for an instance now.
     pub queue_depth: IntGaugeVec,
+    pub routed: IntGaugeVec,
     /// How long requests waited for an instance.
     pub queue_wait: HistogramVec,
     /// Requests that waited for a cold start (no instance placeable).
@@ -61,6 +62,13 @@ impl Metrics {
             Opts::new(
                 "thaw_activator_queue_depth",
                 "Requests waiting for an instance.",
+            ),
+            function,
+        )?;
+        let routed = IntGaugeVec::new(
+            Opts::new(
+                "thaw_activator_function_routed",
+                "1 while the activator has the Function's spec and routes its requests.",
             ),
             function,
         )?;
@@ -104,6 +112,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(cold_starts.clone()))?;
         registry.register(Box::new(proxy_latency.clone()))?;
@@ -114,6 +123,7 @@ impl Metrics {
             requests,
             in_flight,
             queue_depth,
+            routed,
             queue_wait,
             cold_starts,
             proxy_latency,
@@ -132,6 +142,7 @@ impl Metrics {
             codes: Arc::new(Mutex::new(Vec::new())),
             in_flight: self.in_flight.with_label_values(&labels),
             queue_depth: self.queue_depth.with_label_values(&labels),
+            routed: self.routed.with_label_values(&labels),
             queue_wait: self.queue_wait.with_label_values(&labels),
             cold_starts: self.cold_starts.with_label_values(&labels),
             proxy_latency: self.proxy_latency.with_label_values(&labels),
@@ -144,6 +155,7 @@ impl Metrics {
         let labels = [function.namespace.as_str(), function.name.as_str()];
         let _ = self.in_flight.remove_label_values(&labels);
         let _ = self.queue_depth.remove_label_values(&labels);
+        let _ = self.routed.remove_label_values(&labels);
         let _ = self.queue_wait.remove_label_values(&labels);
         let _ = self.cold_starts.remove_label_values(&labels);
         let _ = self.proxy_latency.remove_label_values(&labels);
@@ -182,6 +194,8 @@ pub struct FunctionMetrics {
     codes: Arc<Mutex<Vec<(StatusCode, IntCounter)>>>,
     pub in_flight: IntGauge,
     pub queue_depth: IntGauge,
+    /// 1 once the Function's spec is known (its pods may be seen first).
+    pub routed: IntGauge,
     pub queue_wait: Histogram,
     pub cold_starts: IntCounter,
     pub proxy_latency: Histogram,
