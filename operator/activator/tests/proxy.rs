@@ -487,42 +487,10 @@ async fn bodies_over_the_limit_are_refused_or_cut() {
     assert_eq!(reply.status, 413, "{}", reply.body);
     assert!(reply.body.contains("limit of 1000 bytes"), "{}", reply.body);
     // Streamed (chunked, no Content-Length) past the limit: cut.
-    let chunks = futures::stream::iter(
-        (0..20).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 100])))),
-    );
-    let stream = TcpStream::connect(a.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let response = sender
-        .send_request(
-            Request::post("/read")
-                .header("host", "f.ns.svc")
-                .body(StreamBody::new(chunks))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = post_chunks(a.addr, 20).await;
     assert_eq!(response.status(), 413);
     // Within the limit, streamed: passes.
-    let chunks = futures::stream::iter(
-        (0..9).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 100])))),
-    );
-    let stream = TcpStream::connect(a.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let response = sender
-        .send_request(
-            Request::post("/read")
-                .header("host", "f.ns.svc")
-                .body(StreamBody::new(chunks))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = post_chunks(a.addr, 9).await;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"900");
@@ -711,4 +679,26 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not met within 5 s");
+}
+
+/// POSTs `chunks` chunks of 100 bytes to `/read` as a streamed body (no
+/// Content-Length).
+async fn post_chunks(addr: SocketAddr, chunks: usize) -> hyper::Response<hyper::body::Incoming> {
+    let chunks = futures::stream::iter(
+        (0..chunks).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 100])))),
+    );
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+        .send_request(
+            Request::post("/read")
+                .header("host", "f.ns.svc")
+                .body(StreamBody::new(chunks))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
 }
