@@ -236,6 +236,19 @@ impl Activator {
         .await
     }
 
+    /// Waits until the activator routes Function `namespace/name`: its
+    /// watch has delivered the Function (its pods can arrive first, and
+    /// until then requests for it get 404).
+    pub async fn wait_routes(&self, namespace: &str, name: &str, timeout: Duration) -> Result<()> {
+        let series = format!(
+            "thaw_activator_function_routed{{function=\"{name}\",namespace=\"{namespace}\"}} 1"
+        );
+        crate::wait_until("the activator to route the Function", timeout, || async {
+            Ok(self.metrics().await?.contains(&series).then_some(()))
+        })
+        .await
+    }
+
     /// The Prometheus text on `/metrics`.
     pub async fn metrics(&self) -> Result<String> {
         let reply = crate::http::get(

@@ -99,20 +99,10 @@ impl World {
         apply_function(&self.ns, name, spec)
             .await
             .expect("apply Function");
-        let series = format!(
-            "thaw_activator_function_routed{{function=\"{name}\",namespace=\"{}\"}} 1",
-            self.ns.name
-        );
-        wait_until("the activator to know the Function", WAIT, || async {
-            Ok(self
-                .activator
-                .metrics()
-                .await?
-                .contains(&series)
-                .then_some(()))
-        })
-        .await
-        .unwrap_or_else(|e| self.fail(e));
+        self.activator
+            .wait_routes(&self.ns.name, name, WAIT)
+            .await
+            .unwrap_or_else(|e| self.fail(e));
     }
 
     /// `name`'s Host through the ExternalName Service form.

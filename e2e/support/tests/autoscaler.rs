@@ -73,27 +73,11 @@ impl Setup {
         apply_function(&self.ns, name, spec)
             .await
             .expect("apply Function");
-        self.wait_routable(name).await;
-    }
-
-    /// Waits until the activator routes `name`: its watch has delivered the
-    /// Function (its pods can arrive first).
-    async fn wait_routable(&self, name: &str) {
-        let series = format!(
-            "thaw_activator_function_routed{{function=\"{name}\",namespace=\"{}\"}} 1",
-            self.ns.name
-        );
-        wait_until("the activator to route the Function", WAIT, || async {
-            Ok(self
-                .chart
-                .activator
-                .metrics()
-                .await?
-                .contains(&series)
-                .then_some(()))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
+        self.chart
+            .activator
+            .wait_routes(&self.ns.name, name, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.logs()));
     }
 
     /// One request through the activator, addressed by Host.
@@ -188,6 +172,8 @@ fn watch_pool(
                 }
                 known = live;
             }
+            // A sampler, not a wait: it records what the pool looks like
+            // while the test runs its load.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -419,6 +405,7 @@ async fn reaping_under_steady_load_loses_no_request() {
         }
         // Gaps longer than the keep-alive every third wave, so instances are reaped.
         let gap = if wave % 3 == 0 { 1500 } else { 200 };
+        // The gap is the load's shape (the input under test), not a wait.
         tokio::time::sleep(Duration::from_millis(gap)).await;
     }
     let operator = std::net::SocketAddr::from(([127, 0, 0, 1], setup.chart.operator.http_port));

@@ -174,16 +174,11 @@ fn options() -> ProxyOptions {
     }
 }
 
-/// Waits until the function has a ready instance (probed).
+/// Waits until the function has `n` ready instances (probed).
 async fn ready(registry: &Registry, n: usize) {
     let entry = registry.get("ns", "f").unwrap();
-    for _ in 0..200 {
-        if entry.snapshot(|s| s.instances().iter().filter(|i| i.is_ready()).count()) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("instances never became ready");
+    wait_for(|| entry.snapshot(|s| s.instances().iter().filter(|i| i.is_ready()).count()) >= n)
+        .await;
 }
 
 /// An activator serving function ns/f on `upstreams`.
@@ -546,7 +541,8 @@ async fn keep_alive_connections_outlive_the_header_timeout_and_slow_bodies_are_n
             .unwrap()
     };
     assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
-    // Idle for twice the header timeout (but under the idle timeout).
+    // Idle for twice the header timeout (but under the idle timeout): the
+    // idle time is the input under test, not a wait for a condition.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let response = sender.send_request(get()).await.unwrap();
     assert_eq!(response.status(), 200, "the connection was kept");

@@ -132,7 +132,9 @@ async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
         .ingest(report, now);
     match ingested {
         Ok(ingested) => {
-            for key in ingested.poked.into_iter().chain(ingested.functions) {
+            // `functions` includes the poked ones; the controller
+            // reconciles each at once either way.
+            for key in ingested.functions {
                 // The controller is gone only during shutdown.
                 let _ = state.wake.send(key);
             }

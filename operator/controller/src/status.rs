@@ -197,6 +197,14 @@ mod tests {
         assert!(c.message.contains("nope"));
     }
 
+    fn condition_of<'a>(status: &'a FunctionStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
     #[test]
     fn scaling_condition_carries_the_last_acting_decision() {
         let mut o = observed(
@@ -210,11 +218,7 @@ mod tests {
         );
         o.scaling = Some("scaled 0 -> 2: minInstances 2".into());
         let status = build_status(&o);
-        let scaling = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Scaling")
-            .expect("Scaling");
+        let scaling = condition_of(&status, "Scaling");
         assert_eq!(
             (scaling.status.as_str(), scaling.reason.as_str()),
             ("True", "ScalingUp")
@@ -231,11 +235,7 @@ mod tests {
         );
         steady.previous = Some(&status);
         let after = build_status(&steady);
-        let scaling = after
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Scaling")
-            .expect("Scaling");
+        let scaling = condition_of(&after, "Scaling");
         assert_eq!(
             (scaling.status.as_str(), scaling.reason.as_str()),
             ("False", "Steady")
