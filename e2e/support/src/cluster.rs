@@ -57,7 +57,10 @@ impl Cluster {
         let up = root.join("e2e/cluster/up.sh");
         let lock = dir.join("up.lock");
         let status = tokio::task::spawn_blocking(move || {
+            // --close: the cluster's daemons, started by up.sh, must not
+            // inherit the lock, or every later start waits for them forever.
             Command::new("flock")
+                .arg("--close")
                 .arg(&lock)
                 .arg("bash")
                 .arg(&up)
