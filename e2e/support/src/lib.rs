@@ -8,8 +8,10 @@ pub mod fixtures;
 pub mod functions;
 pub mod http;
 pub mod install;
+pub mod load;
 pub mod metrics;
 pub mod process;
+pub mod relay;
 pub mod wait;
 
 pub use cluster::{Cluster, TestNamespace};

@@ -271,6 +271,12 @@ impl Activator {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the process outright (a crash): no leaving report.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; the exit status, if it exited.
     pub fn stop_within(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {

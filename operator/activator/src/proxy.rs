@@ -21,7 +21,7 @@ use std::{
 
 use http::{
     HeaderValue, Request, Response, StatusCode, Uri, Version,
-    header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER},
+    header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, RETRY_AFTER},
     uri::{Authority, PathAndQuery, Scheme},
 };
 use hyper::{
@@ -102,6 +102,10 @@ pub struct Proxy {
     /// The watch caches are complete: a function missing from them really
     /// does not exist.
     synced: Arc<AtomicBool>,
+    /// Shutdown has begun: every HTTP/1.1 answer says `Connection: close`,
+    /// so keep-alive clients move to another replica while this one still
+    /// serves.
+    closing: Arc<AtomicBool>,
     metrics: Metrics,
 }
 
@@ -129,8 +133,15 @@ impl Proxy {
             client,
             options,
             synced,
+            closing: Arc::new(AtomicBool::new(false)),
             metrics,
         })
+    }
+
+    /// Starts closing keep-alive connections: each one's next answer carries
+    /// `Connection: close`. Requests are still served.
+    pub fn close_connections(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     /// Serves `listener` until `shutdown` completes, then stops accepting
@@ -188,7 +199,13 @@ impl Proxy {
                 let serving = head_done.mark();
                 let proxy = proxy.clone();
                 async move {
-                    let mut response = proxy.handle(req, peer.ip()).await;
+                    let http1 = req.version() <= Version::HTTP_11;
+                    let mut response = proxy.clone().handle(req, peer.ip()).await;
+                    if http1 && proxy.closing.load(Ordering::Acquire) {
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
                     response.body_mut().hold(serving);
                     Ok::<_, Infallible>(response)
                 }

@@ -52,6 +52,9 @@ pub struct Options {
     pub report_timeout: Duration,
     /// Longest shutdown waits for open requests.
     pub drain_timeout: Duration,
+    /// How long a stopping activator keeps serving, not ready, before it
+    /// stops accepting connections.
+    pub shutdown_delay: Duration,
     /// Functions served without Kubernetes (benchmarks, local tries).
     pub static_functions: Vec<StaticFunction>,
 }
@@ -172,15 +175,22 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = channel::channel(false);
+    let proxy = Proxy::new(registry.clone(), options.proxy.clone(), synced.all.clone());
+    // Shutdown in two steps: first readiness goes false and keep-alive
+    // clients are told to reconnect while this replica still serves
+    // (endpoints and load balancers take a while to drop it); after
+    // `shutdown_delay` it stops accepting and finishes what is open.
     let signal = {
-        let stopping = stopping.clone();
+        let (stopping, proxy, delay) = (stopping.clone(), proxy.clone(), options.shutdown_delay);
         async move {
             shutdown.await;
             stopping.store(true, Ordering::Release);
+            proxy.close_connections();
+            info!(delay = ?delay, "shutting down: not ready; serving until endpoints catch up");
+            tokio::time::sleep(delay).await;
             let _ = stop_tx.send(true);
         }
     };
-    let proxy = Proxy::new(registry.clone(), options.proxy.clone(), synced.all.clone());
     let serving = proxy.serve(proxy_listener, signal);
     let stop_at = std::sync::OnceLock::new();
     let drain_limit = async {

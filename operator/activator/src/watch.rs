@@ -28,7 +28,10 @@ use kube::{
 };
 use thaw_api::{
     Function,
-    keys::{DRAINING_SINCE_ANNOTATION, FUNCTION_CONTAINER, FUNCTION_LABEL, SPEC_HASH_LABEL},
+    keys::{
+        DRAINING_SINCE_ANNOTATION, FUNCTION_CONTAINER, FUNCTION_LABEL, GATE_CONTAINER,
+        GATE_PORT_NAME, SPEC_HASH_LABEL,
+    },
     spec_hash,
 };
 use tracing::{debug, info, warn};
@@ -73,17 +76,37 @@ pub fn pod_info(pod: &Pod) -> Option<(String, String, PodInfo)> {
             .find(|c| c.name == FUNCTION_CONTAINER)
             .or(spec.containers.first())
     });
+    // Requests go to the instance's gate, which holds the hard limit; its
+    // port opens only once the function is ready, so a TCP connect is the
+    // readiness check. A pod without a gate (built by an older operator) is
+    // reached directly.
+    let gate_port = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.name == GATE_CONTAINER)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(GATE_PORT_NAME))
+        .and_then(|p| u16::try_from(p.container_port).ok());
     let info = PodInfo {
         name: pod.metadata.name.clone()?,
         uid: pod.metadata.uid.clone()?,
         ip: status
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse::<IpAddr>().ok()),
-        port: container
-            .and_then(|c| c.ports.as_ref()?.first())
-            .and_then(|p| u16::try_from(p.container_port).ok()),
-        readiness_path: container
-            .and_then(|c| c.readiness_probe.as_ref()?.http_get.as_ref()?.path.clone()),
+        port: gate_port.or_else(|| {
+            container
+                .and_then(|c| c.ports.as_ref()?.first())
+                .and_then(|p| u16::try_from(p.container_port).ok())
+        }),
+        readiness_path: match gate_port {
+            Some(_) => None,
+            None => {
+                container.and_then(|c| c.readiness_probe.as_ref()?.http_get.as_ref()?.path.clone())
+            }
+        },
         owner_uid: pod
             .owner_references()
             .iter()

@@ -11,6 +11,8 @@ use crate::FunctionSpec;
 
 /// Hash of the spec fields an instance pod is built from. Scaling and queue
 /// settings are left out: changing `keepAlive` must not replace instances.
+/// `concurrency` is in: the instance's gate enforces it, so a new limit needs
+/// new instances (as a Knative revision carries its containerConcurrency).
 /// SHA-256, not std's hasher, because it must stay stable across releases
 /// (a different hash would roll every instance on an operator upgrade).
 pub fn spec_hash(spec: &FunctionSpec) -> String {
@@ -25,6 +27,8 @@ pub fn spec_hash(spec: &FunctionSpec) -> String {
         "serviceAccountName": spec.service_account_name,
         "podTemplate": spec.pod_template,
         "timeout": spec.timeout,
+        "concurrency": spec.concurrency,
+        "gate": 1,
     });
     let digest = Sha256::digest(pod_fields.to_string().as_bytes());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()

@@ -24,6 +24,16 @@ pub const EXPIRES_AT_ANNOTATION: &str = "thaw.dev/expires-at";
 /// Name of the function's container in an instance pod.
 pub const FUNCTION_CONTAINER: &str = "function";
 
+/// Name of the gate sidecar in an instance pod (`thaw gate`): activators send
+/// requests to its port, named `thaw-gate`, which holds the hard limit.
+pub const GATE_CONTAINER: &str = "thaw-gate";
+
+/// Name of the gate's request port on its container.
+pub const GATE_PORT_NAME: &str = "thaw-gate";
+
+/// Name of the gate's admin port (state, readiness) on its container.
+pub const GATE_ADMIN_PORT_NAME: &str = "thaw-gate-admin";
+
 /// Annotation written once an instance is ready: its cold-start breakdown
 /// (decision to scheduled, to process started, to ready), as the controller
 /// observed it.

@@ -49,7 +49,7 @@ pub async fn create_pod(
         .sample_string(&mut rand::rng(), 5)
         .to_lowercase();
     let pod_name = format!("{}-{suffix}", key.name);
-    let pod = instance_pod(function, &pod_name);
+    let pod = instance_pod(function, &pod_name, &ctx.config.gate_image);
     api.create(
         &PostParams {
             field_manager: Some(FIELD_MANAGER.into()),

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
 use thaw_core::{Clock, FunctionKey, StatsStore};
 
-use crate::{memory::FunctionMemory, metrics::Metrics};
+use crate::{gate::GateClient, memory::FunctionMemory, metrics::Metrics};
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "thaw-controller";
@@ -23,6 +23,8 @@ pub struct Config {
     pub activator_host: String,
     /// Domain of Function URLs: `http://<name>.<namespace>.<domain>`.
     pub domain: String,
+    /// Image of the gate sidecar in every instance pod (thaw's own image).
+    pub gate_image: String,
 }
 
 /// Shared by every reconcile.
@@ -37,6 +39,8 @@ pub struct Context {
     pub autoscaler: Arc<Mutex<StatsStore>>,
     pub memory: Mutex<HashMap<FunctionKey, FunctionMemory>>,
     pub clock: Arc<dyn Clock>,
+    /// Asks instances' gates before they are reaped or deleted.
+    pub gates: GateClient,
 }
 
 impl Context {

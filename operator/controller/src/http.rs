@@ -20,8 +20,10 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use prometheus::{Encoder, Registry, TextEncoder};
-use thaw_core::{ActivatorReport, Clock, FunctionKey, StatsStore};
-use tokio::{net::TcpListener, sync::mpsc};
+use thaw_core::{ActivatorReport, Clock, StatsStore};
+
+use crate::wake::Wakeups;
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 /// Largest stats report accepted; a report is a few hundred bytes per function.
@@ -34,7 +36,7 @@ pub struct HttpState {
     pub autoscaler: Arc<Mutex<StatsStore>>,
     pub clock: Arc<dyn Clock>,
     /// Functions to reconcile now because their stats changed.
-    pub wake: mpsc::UnboundedSender<FunctionKey>,
+    pub wake: Wakeups,
     /// Set once the operator is serving (caches synced or following).
     pub ready: Arc<AtomicBool>,
 }
@@ -135,8 +137,7 @@ async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
             // `functions` includes the poked ones; the controller
             // reconciles each at once either way.
             for key in ingested.functions {
-                // The controller is gone only during shutdown.
-                let _ = state.wake.send(key);
+                state.wake.wake(key);
             }
             text(StatusCode::NO_CONTENT, "")
         }

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod coldstart;
 pub mod context;
 pub mod error;
+pub mod gate;
 pub mod instance;
 pub mod memory;
 pub mod metrics;
@@ -12,6 +13,7 @@ pub mod pod;
 pub mod reconcile;
 pub mod service;
 pub mod status;
+pub mod wake;
 pub mod wallclock;
 
 pub use context::{Config, Context};

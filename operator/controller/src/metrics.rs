@@ -1,7 +1,8 @@
 //! The operator's Prometheus metrics.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, exponential_buckets,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
 };
 
 /// Every metric the controller records, registered in one registry.
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub cold_start: HistogramVec,
     pub panic: IntGaugeVec,
     pub reaps: IntCounterVec,
+    /// Wake-ups from reports dropped because the leader's queue was full.
+    pub wakeups_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -87,6 +90,11 @@ impl Metrics {
             ),
             &["namespace", "function"],
         )?;
+        let wakeups_dropped = IntCounter::new(
+            "thaw_wakeups_dropped_total",
+            "Reconcile wake-ups from stats reports dropped because the queue was full.",
+        )?;
+        registry.register(Box::new(wakeups_dropped.clone()))?;
         registry.register(Box::new(cold_start.clone()))?;
         registry.register(Box::new(panic.clone()))?;
         registry.register(Box::new(reaps.clone()))?;
@@ -108,6 +116,7 @@ impl Metrics {
             instance_failures,
             cold_start,
             panic,
+            wakeups_dropped,
             reaps,
         })
     }

@@ -5,17 +5,21 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-        SecurityContext, TCPSocketAction,
+        ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
+        SeccompProfile, SecurityContext, TCPSocketAction,
     },
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use kube::{Resource, api::ObjectMeta};
 pub use thaw_api::spec_hash;
 use thaw_api::{
     Function, FunctionSpec,
-    keys::{FUNCTION_CONTAINER, FUNCTION_LABEL, SPEC_HASH_LABEL},
+    keys::{
+        FUNCTION_CONTAINER, FUNCTION_LABEL, GATE_ADMIN_PORT_NAME, GATE_CONTAINER, GATE_PORT_NAME,
+        SPEC_HASH_LABEL,
+    },
 };
+use thaw_gate::GatePorts;
 
 /// Seconds a pod gets after SIGTERM on top of the request timeout, so a
 /// request admitted just before deletion can still finish.
@@ -30,8 +34,9 @@ pub fn selector_labels(function_name: &str) -> BTreeMap<String, String> {
 ///
 /// Defaults are restrictive (non-root, read-only root filesystem, no
 /// capabilities, RuntimeDefault seccomp, no service links, no API token);
-/// `spec.podTemplate` replaces them.
-pub fn instance_pod(function: &Function, pod_name: &str) -> Pod {
+/// `spec.podTemplate` replaces them. The gate sidecar (`gate_image`, thaw's
+/// own) holds the hard concurrency limit in front of the function.
+pub fn instance_pod(function: &Function, pod_name: &str, gate_image: &str) -> Pod {
     let spec = &function.spec;
     let name = function.metadata.name.clone().unwrap_or_default();
     let template = spec.pod_template.clone().unwrap_or_default();
@@ -58,6 +63,10 @@ pub fn instance_pod(function: &Function, pod_name: &str) -> Pod {
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
+            // A native sidecar (restartPolicy Always): it starts before the
+            // function and stops after it, and the pod still ends when the
+            // function exits.
+            init_containers: Some(vec![gate_container(spec, gate_image)]),
             containers: vec![container(spec)],
             // A crashed instance is replaced by the controller with backoff,
             // not restarted in place: a fresh instance, as Lambda gives.
@@ -143,6 +152,72 @@ fn container(spec: &FunctionSpec) -> Container {
     }
 }
 
+/// The gate in front of the function: requests to its port reach the
+/// function at most `concurrency` at a time.
+fn gate_container(spec: &FunctionSpec, gate_image: &str) -> Container {
+    let function_port = u16::try_from(spec.port).unwrap_or(8080);
+    let ports = GatePorts::for_function(function_port);
+    let concurrency = u32::try_from(spec.concurrency).unwrap_or(1);
+    let mut args = vec![
+        "gate".to_owned(),
+        format!("--port={}", ports.requests),
+        format!("--admin-port={}", ports.admin),
+        format!("--upstream-port={function_port}"),
+        format!("--concurrency={concurrency}"),
+        format!("--max-hold={}", spec.timeout),
+    ];
+    if let Some(path) = &spec.readiness_path {
+        args.push(format!("--readiness-path={path}"));
+    }
+    let port = |name: &str, number: u16| ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    };
+    Container {
+        name: GATE_CONTAINER.into(),
+        image: Some(gate_image.to_owned()),
+        args: Some(args),
+        restart_policy: Some("Always".into()),
+        ports: Some(vec![
+            port(GATE_PORT_NAME, ports.requests),
+            port(GATE_ADMIN_PORT_NAME, ports.admin),
+        ]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::Int(i32::from(ports.admin)),
+                ..HTTPGetAction::default()
+            }),
+            ..fast_probe()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(
+                [
+                    ("cpu".to_owned(), Quantity("10m".into())),
+                    ("memory".to_owned(), Quantity("16Mi".into())),
+                ]
+                .into(),
+            ),
+            limits: Some([("memory".to_owned(), Quantity("128Mi".into()))].into()),
+            ..ResourceRequirements::default()
+        }),
+        // The gate is thaw's, not the user's: always locked down.
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
 /// The kubelet's probe, as often as it allows: the activator probes new
 /// instances itself much faster, this one keeps pod status honest.
 fn fast_probe() -> Probe {
@@ -173,6 +248,8 @@ mod tests {
     use super::*;
     use thaw_api::{PodTemplate, PodTemplateMetadata};
 
+    const GATE_IMAGE: &str = "thaw.dev/thaw:test";
+
     fn function(yaml: &str) -> Function {
         let mut f: Function = serde_yaml::from_str(yaml).expect("function");
         f.metadata.uid = Some("uid-1".into());
@@ -188,7 +265,7 @@ mod tests {
     #[test]
     fn pod_is_labelled_owned_and_named() {
         let f = hello();
-        let pod = instance_pod(&f, "hello-abcde");
+        let pod = instance_pod(&f, "hello-abcde", GATE_IMAGE);
         let meta = &pod.metadata;
         assert_eq!(meta.name.as_deref(), Some("hello-abcde"));
         assert_eq!(meta.namespace.as_deref(), Some("ns"));
@@ -203,7 +280,7 @@ mod tests {
 
     #[test]
     fn container_gets_port_env_probe_and_restrictive_defaults() {
-        let pod = instance_pod(&hello(), "hello-abcde");
+        let pod = instance_pod(&hello(), "hello-abcde", GATE_IMAGE);
         let spec = pod.spec.expect("spec");
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.termination_grace_period_seconds, Some(35));
@@ -249,7 +326,7 @@ mod tests {
             }),
             ..PodTemplate::default()
         });
-        let pod = instance_pod(&f, "hello-abcde");
+        let pod = instance_pod(&f, "hello-abcde", GATE_IMAGE);
         let labels = pod.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels["team"], "x");
         assert_eq!(labels[FUNCTION_LABEL], "hello");

@@ -26,6 +26,7 @@ use crate::{
     coldstart::Breakdown,
     context::{Context, FIELD_MANAGER},
     error::Error,
+    gate,
     instance::{Instance, InstanceState, classify},
     memory::FunctionMemory,
     pod::spec_hash,
@@ -88,7 +89,9 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     for _ in 0..plan.create {
         create_pod(&ctx, &function, &pod_api, &key, &plan.decision.summary, now).await?;
     }
-    for action in &plan.decision.drain {
+    // The instances' own gates have the last word on reaping and deleting.
+    let vetted = gate::vet(&ctx.gates, &pods, &plan.decision).await;
+    for action in vetted.drain {
         if matches!(action.reason, thaw_core::Reason::KeepAlive { .. }) {
             ctx.metrics
                 .reaps
@@ -107,7 +110,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         )
         .await?;
     }
-    for action in &plan.decision.delete {
+    for action in vetted.delete {
         delete_pod(&ctx, &pod_api, &pods, &action.instance).await?;
         ctx.memory()
             .entry(key.clone())
@@ -141,6 +144,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
             .next_wakeup
             .map(|at| at.saturating_duration_since(now)),
         plan.backoff,
+        vetted.recheck,
     ]
     .into_iter()
     .flatten()

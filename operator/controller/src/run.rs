@@ -36,6 +36,7 @@ use crate::{
     http::{self, HttpState},
     metrics::Metrics,
     reconcile::reconcile,
+    wake::Wakeups,
 };
 
 /// How `thaw operator` runs.
@@ -67,7 +68,7 @@ pub async fn run(
     let metrics = Metrics::new()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let autoscaler = Arc::new(Mutex::new(StatsStore::new(Tuning::default(), clock.now())));
-    let (wake_tx, wake_rx) = mpsc::unbounded_channel::<FunctionKey>();
+    let (wakeups, wake_rx) = Wakeups::new(metrics.wakeups_dropped.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -75,7 +76,7 @@ pub async fn run(
         registry: metrics.registry.clone(),
         autoscaler: autoscaler.clone(),
         clock: clock.clone(),
-        wake: wake_tx,
+        wake: wakeups.clone(),
         ready: ready.clone(),
     };
     let http_stop = stopped(stop_rx.clone());
@@ -103,7 +104,14 @@ pub async fn run(
     ready.store(true, Ordering::Relaxed);
     info!(identity = %options.identity, "waiting for leadership");
 
+    // The pod cache fills from the start, on followers too, so a replica
+    // that takes over decides within seconds instead of listing first.
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let cache = tokio::spawn(pod_cache(
+        client.clone(),
+        options.watch_namespace.clone(),
+        pod_writer,
+    ));
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -119,6 +127,7 @@ pub async fn run(
         autoscaler,
         memory: Mutex::default(),
         clock,
+        gates: crate::gate::GateClient::default(),
     });
 
     // One stop signal for everything: SIGTERM, or losing the Lease.
@@ -138,6 +147,7 @@ pub async fn run(
             continue;
         }
         info!(identity = %options.identity, "leading: starting the controller");
+        wakeups.start_leading();
         let mut lease = leader.clone();
         let lost_leadership = stop_tx.clone();
         let lost = tokio::spawn(async move {
@@ -156,7 +166,6 @@ pub async fn run(
             client.clone(),
             options.watch_namespace.as_deref(),
             ctx.clone(),
-            pod_writer,
             wake_rx,
             stopped(stop_rx.clone()),
         )
@@ -165,6 +174,7 @@ pub async fn run(
         break;
     }
     info!("shutting down");
+    cache.abort();
     let _ = stop_tx.send(true);
     drop(leader);
     match lease_task.await {
@@ -216,8 +226,7 @@ async fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-    pod_writer: reflector::store::Writer<Pod>,
-    wake: mpsc::UnboundedReceiver<FunctionKey>,
+    wake: mpsc::Receiver<FunctionKey>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (functions, pods) = match namespace {
@@ -227,13 +236,9 @@ async fn controller(
         ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
+    // The controller's own watch of owned pods only triggers reconciles;
+    // they read pods from the cache `pod_cache` keeps.
     let instance_pods = watcher::Config::default().labels(FUNCTION_LABEL);
-    // The cache reconciles read pods from; the controller's own watch of
-    // owned pods only triggers reconciles.
-    let cache = reflector::reflector(pod_writer, watcher(pods.clone(), instance_pods.clone()))
-        .default_backoff()
-        .for_each(|_| std::future::ready(()));
-    let cache = tokio::spawn(cache);
     let mut wake = wake;
     let wakeups = futures::stream::poll_fn(move |cx| wake.poll_recv(cx))
         .map(|key| ObjectRef::new(&key.name).within(&key.namespace));
@@ -253,7 +258,25 @@ async fn controller(
             }
         })
         .await;
-    cache.abort();
+}
+
+/// Keeps the instance pod cache reconciles read from, until aborted.
+async fn pod_cache(
+    client: Client,
+    namespace: Option<String>,
+    writer: reflector::store::Writer<Pod>,
+) {
+    let pods = match &namespace {
+        Some(ns) => Api::<Pod>::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    reflector::reflector(
+        writer,
+        watcher(pods, watcher::Config::default().labels(FUNCTION_LABEL)),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()))
+    .await;
 }
 
 /// Unwraps the guard: an object that does not decode is reported on itself

@@ -40,6 +40,34 @@ enum Command {
     Operator(Box<OperatorArgs>),
     /// Run the activator: the proxy every request to a function passes through.
     Activator(Box<ActivatorArgs>),
+    /// Run the gate: the sidecar in every instance pod that holds its hard
+    /// concurrency limit and its idle clock (started by the operator's pods).
+    Gate(GateArgs),
+}
+
+#[derive(Args)]
+struct GateArgs {
+    /// Port activators send requests to.
+    #[arg(long, default_value_t = 8012)]
+    port: u16,
+    /// Port of /v1/state, /ready and /healthz.
+    #[arg(long, default_value_t = 8013)]
+    admin_port: u16,
+    /// The function's port on loopback.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    upstream_port: u16,
+    /// HTTP path of the function's readiness check; a TCP connect when unset.
+    #[arg(long)]
+    readiness_path: Option<String>,
+    /// Most requests on the function at once; 0 = unlimited.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+    /// Most requests held for a slot; more get 503.
+    #[arg(long, default_value_t = 1000)]
+    max_waiting: u32,
+    /// Longest a request is held for a slot (the Function's timeout).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    max_hold: Duration,
 }
 
 #[derive(Args)]
@@ -84,6 +112,9 @@ struct OperatorArgs {
     /// running one must report before any instance is reaped.
     #[arg(long, env = "THAW_ACTIVATOR_SELECTOR")]
     activator_selector: Option<String>,
+    /// Image of the gate sidecar in every instance pod: thaw's own image.
+    #[arg(long, env = "THAW_GATE_IMAGE", default_value = concat!("thaw.dev/thaw:", env!("CARGO_PKG_VERSION")))]
+    gate_image: String,
 }
 
 #[derive(Args)]
@@ -140,6 +171,11 @@ struct ActivatorArgs {
     /// function's timeout (at most 15m), waiting included.
     #[arg(long, default_value = "16m", value_parser = duration)]
     drain_timeout: Duration,
+    /// After SIGTERM, how long to keep serving (not ready, answering with
+    /// `Connection: close`) before no longer accepting connections: the time
+    /// endpoints and load balancers take to stop sending here.
+    #[arg(long, env = "THAW_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    shutdown_delay: Duration,
     /// Serve a function without Kubernetes: <namespace>/<name>=<ip:port>[,concurrency=<n>],
     /// one instance at that address (repeatable; for benchmarks). No cluster is contacted
     /// when given.
@@ -176,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Operator(args) => operator(*args).await?,
         Command::Activator(args) => activator(*args).await?,
+        Command::Gate(args) => gate(args).await?,
     }
     Ok(())
 }
@@ -194,6 +231,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         config: thaw_controller::Config {
             activator_host: args.activator_host,
             domain: args.domain,
+            gate_image: args.gate_image,
         },
         http_addr: args.http_addr,
         lease_namespace: args.lease_namespace,
@@ -239,9 +277,24 @@ async fn activator(args: ActivatorArgs) -> anyhow::Result<()> {
         report_interval: args.report_interval,
         report_timeout: Duration::from_secs(1),
         drain_timeout: args.drain_timeout,
+        shutdown_delay: args.shutdown_delay,
         static_functions: args.static_functions,
     };
     thaw_activator::run(client, options, shutdown_signal()?.boxed()).await
+}
+
+async fn gate(args: GateArgs) -> anyhow::Result<()> {
+    let any = std::net::Ipv4Addr::UNSPECIFIED;
+    let options = thaw_gate::GateOptions {
+        listen: SocketAddr::from((any, args.port)),
+        admin_listen: SocketAddr::from((any, args.admin_port)),
+        upstream: thaw_gate::Upstream::new(args.upstream_port, args.readiness_path),
+        concurrency: args.concurrency,
+        max_waiting: args.max_waiting,
+        max_hold: args.max_hold,
+        header_read_timeout: Duration::from_secs(10),
+    };
+    thaw_gate::run(options, shutdown_signal()?).await
 }
 
 async fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
