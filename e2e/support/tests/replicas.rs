@@ -8,9 +8,14 @@
 //! - no request lost to a rolling restart of the activators or to the death
 //!   of the leading operator;
 //! - no instance deleted while a request runs on it, even when the activator
-//!   carrying it cannot report.
+//!   carrying it cannot report;
+//! - an instance's expiry does not move when activators restart.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::{
@@ -24,7 +29,7 @@ use kube::{
 use serde_json::{Value, json};
 use thaw_api::{
     Function,
-    keys::{DRAINING_SINCE_ANNOTATION, FUNCTION_LABEL},
+    keys::{DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL},
 };
 use thaw_e2e::{
     Cluster, Operator, TestNamespace,
@@ -609,5 +614,77 @@ async fn an_instance_busy_through_a_cut_off_activator_is_not_deleted() {
     )
     .await
     .unwrap_or_else(|e| fleet.fail(e));
+    fleet.finish().await;
+}
+
+/// An RFC 3339 annotation of the Function's only instance, once present.
+async fn instance_time(fleet: &Fleet, name: &str, key: &str) -> Result<Option<SystemTime>> {
+    let Some(pod) = fleet.pods(name).await.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(text) = pod.metadata.annotations.and_then(|a| a.get(key).cloned()) else {
+        return Ok(None);
+    };
+    let at: k8s_openapi::jiff::Timestamp = text.parse().context("annotation time")?;
+    let nanos = u64::try_from(at.as_nanosecond()).context("time before 1970")?;
+    Ok(Some(UNIX_EPOCH + Duration::from_nanos(nanos)))
+}
+
+fn gap(a: SystemTime, b: SystemTime) -> Duration {
+    a.duration_since(b).unwrap_or_else(|e| e.duration())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_activator_restart_after_the_last_request_moves_no_expiry() {
+    const KEEP_ALIVE: Duration = Duration::from_secs(12);
+    let mut fleet = Fleet::start("rep-clock", &["act-a", "act-b"]).await;
+    fleet
+        .function(
+            "clock",
+            json!({"image": "thaw.dev/samples/testfn", "scaling": {"keepAlive": "12s"}}),
+        )
+        .await;
+    let reply = get(
+        fleet.activators[0].addr(),
+        &fleet.host("clock"),
+        "/?sleep=10",
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| fleet.fail(e));
+    let last_request = SystemTime::now();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let expected = last_request + KEEP_ALIVE;
+    let shown = wait_until("the instance's expires-at", WAIT, || {
+        instance_time(&fleet, "clock", EXPIRES_AT_ANNOTATION)
+    })
+    .await
+    .unwrap_or_else(|e| fleet.fail(e));
+    assert!(
+        gap(shown, expected) <= Duration::from_secs(1),
+        "expires-at {shown:?} vs last request + keep-alive {expected:?}"
+    );
+
+    // The activator that carried the request is replaced (a rollout step):
+    // the new process never saw a request on the instance.
+    let new = fleet.add_activator("act-a2").await;
+    fleet.activators[new]
+        .wait_routes(&fleet.ns.name, "clock", WAIT)
+        .await
+        .unwrap_or_else(|e| fleet.fail(e));
+    fleet.stop_activator(0);
+
+    let drained = wait_until("the instance to be drained", WAIT, || async {
+        if fleet.pods("clock").await.is_empty() {
+            anyhow::bail!("the instance went before its drain was seen");
+        }
+        instance_time(&fleet, "clock", DRAINING_SINCE_ANNOTATION).await
+    })
+    .await
+    .unwrap_or_else(|e| fleet.fail(e));
+    assert!(
+        gap(drained, expected) <= Duration::from_secs(1),
+        "drained at {drained:?}, expected last request + keep-alive {expected:?} (shown {shown:?})"
+    );
     fleet.finish().await;
 }

@@ -95,6 +95,7 @@ pub async fn run(
         limiter,
         options.upstream.port(),
         options.header_read_timeout,
+        options.max_hold,
     );
     proxy.serve(listener, shutdown).await;
     admin_task.abort();

@@ -103,8 +103,10 @@ impl Limiter {
             }
             counts.waiting += 1;
         }
+        // Counted out however the wait ends, the client leaving included
+        // (the request's future is then dropped mid-wait).
+        let _held = Held(self);
         let acquired = tokio::time::timeout(self.max_hold, permits.acquire_owned()).await;
-        self.counts().waiting -= 1;
         match acquired {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed; treat it like a timeout anyway.
@@ -132,6 +134,16 @@ impl Limiter {
                 .idle_since
                 .map(|since| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)),
         )
+    }
+}
+
+/// One held request, counted in `waiting` while it lives.
+struct Held<'a>(&'a Limiter);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.0.counts();
+        counts.waiting = counts.waiting.saturating_sub(1);
     }
 }
 

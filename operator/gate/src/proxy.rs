@@ -27,7 +27,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot};
 use tracing::{debug, warn};
 
 use crate::{Limiter, Refused, Slot};
@@ -43,6 +43,9 @@ pub struct Proxy {
     client: Client<HttpConnector, Incoming>,
     upstream_port: u16,
     header_read_timeout: Duration,
+    /// Longest the function may take to answer (its Function's timeout):
+    /// past it nobody waits for the answer any more, and the slot is freed.
+    upstream_timeout: Duration,
 }
 
 impl Proxy {
@@ -50,6 +53,7 @@ impl Proxy {
         limiter: Arc<Limiter>,
         upstream_port: u16,
         header_read_timeout: Duration,
+        upstream_timeout: Duration,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -63,6 +67,7 @@ impl Proxy {
             client,
             upstream_port,
             header_read_timeout,
+            upstream_timeout,
         })
     }
 
@@ -123,18 +128,36 @@ impl Proxy {
         }
         strip_hop_by_hop(req.headers_mut());
         let waited = slot.waited;
-        match self.client.request(req).await {
-            Ok(response) => {
+        // The function's request runs in its own task, which owns the slot
+        // until the function answered: if the activator goes away meanwhile
+        // (it crashed, or gave up), the function is still working on the
+        // request, so its slot must not pass to the next one yet.
+        let (answered, answer) = oneshot::channel();
+        let (client, limit) = (self.client.clone(), self.upstream_timeout);
+        tokio::spawn(async move {
+            let response = tokio::time::timeout(limit, client.request(req)).await;
+            // With nobody left to take it, response and slot drop here.
+            let _ = answered.send((response, slot));
+        });
+        let Ok((response, slot)) = answer.await else {
+            return error(StatusCode::BAD_GATEWAY, "the function did not answer");
+        };
+        match response {
+            Err(_) => error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the function did not answer in time",
+            ),
+            Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                if !waited.is_zero() {
-                    if let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis())) {
-                        parts.headers.insert(THAW_GATE_WAIT, value);
-                    }
+                if !waited.is_zero()
+                    && let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
+                {
+                    parts.headers.insert(THAW_GATE_WAIT, value);
                 }
                 Response::from_parts(parts, SlotBody::new(body, slot).boxed_unsync())
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 debug!(error = %err, "forwarding to the function");
                 error(StatusCode::BAD_GATEWAY, "the function did not answer")
             }
