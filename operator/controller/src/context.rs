@@ -8,7 +8,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
-use thaw_core::{Clock, FunctionKey, StatsStore};
+use thaw_core::{Clock, FunctionKey, Autoscaler};
 
 use crate::{memory::FunctionMemory, metrics::Metrics};
 
@@ -34,7 +34,7 @@ pub struct Context {
     /// Every instance pod (label `thaw.dev/function`), from a watch.
     pub pods: Store<Pod>,
     /// Activator stats, merged; the HTTP endpoint feeds it.
-    pub autoscaler: Arc<Mutex<StatsStore>>,
+    pub autoscaler: Arc<Mutex<Autoscaler>>,
     pub memory: Mutex<HashMap<FunctionKey, FunctionMemory>>,
     pub clock: Arc<dyn Clock>,
 }
@@ -42,7 +42,7 @@ pub struct Context {
 impl Context {
     /// The autoscaler's store. A panic while it was held cannot leave it
     /// inconsistent in a way worse than stale stats, so poisoning is ignored.
-    pub fn autoscaler(&self) -> MutexGuard<'_, StatsStore> {
+    pub fn autoscaler(&self) -> MutexGuard<'_, Autoscaler> {
         self.autoscaler
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -20,7 +20,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use prometheus::{Encoder, Registry, TextEncoder};
-use thaw_core::{ActivatorReport, Clock, FunctionKey, StatsStore};
+use thaw_core::{ActivatorReport, Clock, FunctionKey, Autoscaler};
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{debug, warn};
 
@@ -31,7 +31,7 @@ const MAX_REPORT_BYTES: usize = 4 << 20;
 #[derive(Clone)]
 pub struct HttpState {
     pub registry: Registry,
-    pub autoscaler: Arc<Mutex<StatsStore>>,
+    pub autoscaler: Arc<Mutex<Autoscaler>>,
     pub clock: Arc<dyn Clock>,
     /// Functions to reconcile now because their stats changed.
     pub wake: mpsc::UnboundedSender<FunctionKey>,

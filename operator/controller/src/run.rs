@@ -25,7 +25,7 @@ use kube::{
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
-use thaw_core::{Clock, FunctionKey, StatsStore, SystemClock, Tuning};
+use thaw_core::{Clock, FunctionKey, Autoscaler, SystemClock, Tuning};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -66,7 +66,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let autoscaler = Arc::new(Mutex::new(StatsStore::new(Tuning::default(), clock.now())));
+    let autoscaler = Arc::new(Mutex::new(Autoscaler::new(Tuning::default(), clock.now())));
     let (wake_tx, wake_rx) = mpsc::unbounded_channel::<FunctionKey>();
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -180,7 +180,7 @@ pub async fn run(
 async fn expect_activators(
     pods: Api<Pod>,
     selector: String,
-    autoscaler: Arc<Mutex<StatsStore>>,
+    autoscaler: Arc<Mutex<Autoscaler>>,
     clock: Arc<dyn Clock>,
 ) {
     watcher(pods, watcher::Config::default().labels(&selector))

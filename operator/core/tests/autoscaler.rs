@@ -1,5 +1,5 @@
 //! The autoscaler's rules, each driven with simulated time through the
-//! public API: reports into a `StatsStore`, decisions out of it.
+//! public API: reports into a `Autoscaler`, decisions out of it.
 
 mod support;
 
@@ -571,7 +571,7 @@ fn from_zero_to_zero() {
         let d = sim.decide();
         assert_eq!((d.desired, d.create), (1, 0), "{}", d.summary);
     }
-    assert_eq!(sim.store.last_request(&sim.key), Some(sim.now()));
+    assert_eq!(sim.autoscaler.last_request(&sim.key), Some(sim.now()));
     let idle_from = sim.now();
     let reaped_at = loop {
         sim.advance(SEC);
@@ -848,7 +848,7 @@ fn an_expected_activator_that_never_reports_blocks_reaping() {
     let t = sim.now();
     sim.add_ready("hello-a", t);
     let now = sim.now();
-    sim.store.expect_activator("act-b", now);
+    sim.autoscaler.expect_activator("act-b", now);
     sim.steady("act-a", 0.0, 10, &[]);
     let d = sim.decide();
     assert_eq!(d.silent, ["act-b"]);
@@ -1208,7 +1208,7 @@ fn reports_of_an_unknown_version_are_refused() {
     report.version = 2;
     let now = sim.now();
     assert_eq!(
-        sim.store.ingest(report, now),
+        sim.autoscaler.ingest(report, now),
         Err(StatsError::UnsupportedVersion { version: 2 })
     );
     let json = r#"{"version":9,"activator":"act-a","sequence":1,"intervalMs":1000}"#;

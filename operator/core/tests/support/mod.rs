@@ -9,8 +9,8 @@ use std::{
 };
 
 use thaw_core::{
-    ActivatorReport, Clock, Decision, FunctionKey, FunctionReport, Instance, InstanceReport,
-    ManualClock, Phase, Settings, StatsStore, Tuning,
+    ActivatorReport, Autoscaler, Clock, Decision, FunctionKey, FunctionReport, Instance,
+    InstanceReport, ManualClock, Phase, Settings, Tuning,
 };
 
 pub const MS: Duration = Duration::from_millis(1);
@@ -26,11 +26,11 @@ pub fn millis(n: u64) -> Duration {
 
 pub struct Sim {
     pub clock: ManualClock,
-    pub store: StatsStore,
+    pub autoscaler: Autoscaler,
     pub key: FunctionKey,
     pub settings: Settings,
     pub pool: Vec<Instance>,
-    /// When the store was created (the operator started).
+    /// When the autoscaler was created (the operator started).
     pub started: Instant,
     sequences: BTreeMap<String, u64>,
     created: u32,
@@ -52,7 +52,7 @@ impl Sim {
         clock.advance(Duration::from_secs(24 * 3600));
         let started = clock.now();
         Self {
-            store: StatsStore::new(Tuning::default(), started),
+            autoscaler: Autoscaler::new(Tuning::default(), started),
             clock,
             key: FunctionKey::new("default", "hello"),
             settings,
@@ -99,7 +99,7 @@ impl Sim {
         report.functions.extend(function);
         edit(&mut report);
         let ingested = self
-            .store
+            .autoscaler
             .ingest(report, self.clock.now())
             .expect("a valid report");
         assert!(ingested.accepted);
@@ -147,7 +147,7 @@ impl Sim {
     pub fn decide(&mut self) -> Decision {
         let now = self.now();
         let decision = self
-            .store
+            .autoscaler
             .decide(&self.key, &self.settings, &self.pool, now);
         println!(
             "{:>9.3}s {}",
