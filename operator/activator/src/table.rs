@@ -86,8 +86,11 @@ pub struct Instance {
     /// The pod left the API; kept only while requests are in flight on it.
     gone: bool,
     in_flight: u32,
-    /// When `in_flight` last dropped to 0, or when the instance was learned of.
-    idle_since: Instant,
+    /// When `in_flight` last dropped to 0; `None` until a request placed by
+    /// this activator ended (this process knows nothing of the instance's
+    /// idle time before that, so it reports none: the autoscaler keeps the
+    /// instance's clock across activators and their restarts).
+    idle_since: Option<Instant>,
     /// The address as a URI authority, made once.
     authority: Option<(SocketAddr, Authority)>,
 }
@@ -316,7 +319,7 @@ impl FunctionState {
                     kubelet_unready: false,
                     gone: false,
                     in_flight: 0,
-                    idle_since: now,
+                    idle_since: None,
                     authority: None,
                 });
                 self.instances.len() - 1
@@ -549,8 +552,8 @@ impl FunctionState {
             .map(|i| InstanceReport {
                 pod: i.pod.name.clone(),
                 in_flight: i.in_flight,
-                idle_for_ms: (i.in_flight == 0).then(|| {
-                    u64::try_from(now.saturating_duration_since(i.idle_since).as_millis())
+                idle_for_ms: i.idle_since.filter(|_| i.in_flight == 0).map(|since| {
+                    u64::try_from(now.saturating_duration_since(since).as_millis())
                         .unwrap_or(u64::MAX)
                 }),
                 draining: i.gone || i.pod.draining || i.pod.terminating,
@@ -615,7 +618,7 @@ impl FunctionState {
         if let Some(instance) = self.instance_mut(id) {
             instance.in_flight = instance.in_flight.saturating_sub(1);
             if instance.in_flight == 0 {
-                instance.idle_since = now;
+                instance.idle_since = Some(now);
             }
         }
         self.instances.retain(|i| !(i.gone && i.in_flight == 0));
@@ -1147,12 +1150,18 @@ mod tests {
     }
 
     #[test]
-    fn idle_time_of_a_new_instance_runs_from_when_it_was_learned() {
+    fn an_instance_without_a_request_from_this_activator_reports_no_idle_time() {
+        // A new (or restarted) activator must not claim the instance idle
+        // since it learned of it: that would move its keep-alive later.
         let t0 = Instant::now();
-        let mut s = state(1, &[], t0);
-        s.upsert_pod(pod("a", 2), t0);
+        let mut s = state(1, &["a"], t0);
         let report = s.report("ns", "f", Duration::ZERO, t0 + Duration::from_millis(40));
-        assert_eq!(report.instances[0].idle_for_ms, Some(40));
+        assert_eq!(report.instances[0], InstanceReport::unused("a"));
         assert_eq!(report.concurrency, 0.0);
+        // Once a request of its own has ended, it knows since when.
+        let slot = placed(s.admit(t0 + Duration::from_millis(50)));
+        s.release(slot.instance, t0 + Duration::from_millis(60));
+        let report = s.report("ns", "f", Duration::ZERO, t0 + Duration::from_millis(100));
+        assert_eq!(report.instances[0].idle_for_ms, Some(40));
     }
 }

@@ -16,7 +16,7 @@
 //! it is left within [`crate::view::RETAIN_FOR`].
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -60,11 +60,70 @@ struct Sample {
     concurrency: f64,
 }
 
+/// Epochs of earlier processes of one activator remembered, so a late
+/// report of one of them is refused instead of taken for a restart.
+const RETIRED_EPOCHS: usize = 8;
+
+/// What the autoscaler knows of one activator replica (by id).
 #[derive(Clone, Debug)]
 struct ActivatorState {
     last_seen: Instant,
+    /// The process whose reports are accepted; `None` until the first one.
+    epoch: Option<u64>,
+    /// The last sequence accepted within `epoch`.
     sequence: Option<u64>,
+    /// Earlier epochs, newest last.
+    retired: VecDeque<u64>,
+    /// It said goodbye (`leaving`): left out of every view, kept only to
+    /// refuse late reports of the same epoch.
+    left: bool,
     latest: BTreeMap<FunctionKey, FunctionReport>,
+}
+
+impl ActivatorState {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_seen: now,
+            epoch: None,
+            sequence: None,
+            retired: VecDeque::new(),
+            left: false,
+            latest: BTreeMap::new(),
+        }
+    }
+
+    /// Whether to take in a report of `epoch` and `sequence`: anything of
+    /// a new epoch (the activator restarted: its first reports may have been
+    /// lost), and within the current epoch only what is newer than the last
+    /// report accepted (not a duplicate nor a late one). Reports of retired
+    /// epochs are late and refused.
+    fn accepts(&self, epoch: u64, sequence: u64) -> bool {
+        match self.epoch {
+            Some(current) if current == epoch => self.sequence.is_none_or(|last| sequence > last),
+            _ => !self.retired.contains(&epoch),
+        }
+    }
+
+    /// Starts a new epoch: the previous process is gone, and with it every
+    /// request it had in flight. Returns the instances it last reported
+    /// busy, by Function.
+    fn restart(&mut self, epoch: u64) -> Vec<(FunctionKey, String)> {
+        let mut ended = Vec::new();
+        if let Some(old) = self.epoch.replace(epoch) {
+            self.retired.push_back(old);
+            while self.retired.len() > RETIRED_EPOCHS {
+                self.retired.pop_front();
+            }
+            for (key, function) in &self.latest {
+                for instance in function.instances.iter().filter(|i| i.is_busy()) {
+                    ended.push((key.clone(), instance.pod.clone()));
+                }
+            }
+        }
+        self.sequence = None;
+        self.left = false;
+        ended
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -76,6 +135,13 @@ struct FunctionState {
 }
 
 impl FunctionState {
+    /// Evidence that something was in flight on `pod` at `at`; the latest
+    /// evidence wins.
+    fn saw_active(&mut self, pod: &str, at: Instant) {
+        let last = self.last_active.entry(pod.to_owned()).or_insert(at);
+        *last = (*last).max(at);
+    }
+
     fn is_empty(&self) -> bool {
         self.samples.is_empty()
             && self.last_active.is_empty()
@@ -112,8 +178,12 @@ impl Autoscaler {
     }
 
     /// Takes in a report received at `received`. Drops it (`accepted:
-    /// false`) when its sequence is not above the last accepted one of the
-    /// same activator, unless it is 0 (the activator restarted).
+    /// false`) when it is a duplicate or late: not above the last sequence
+    /// accepted from the same epoch, or of an epoch the activator has left
+    /// behind. A report of a new epoch (the activator restarted) replaces
+    /// what was known of the activator's previous process; the idle clocks
+    /// of instances live on, since they belong to the instance, not to the
+    /// activator.
     pub fn ingest(
         &mut self,
         report: ActivatorReport,
@@ -124,15 +194,8 @@ impl Autoscaler {
         let state = self
             .activators
             .entry(report.activator.clone())
-            .or_insert_with(|| ActivatorState {
-                last_seen: received,
-                sequence: None,
-                latest: BTreeMap::new(),
-            });
-        if let Some(last) = state.sequence
-            && report.sequence <= last
-            && report.sequence != 0
-        {
+            .or_insert_with(|| ActivatorState::new(received));
+        if !state.accepts(report.epoch, report.sequence) {
             return Ok(Ingested {
                 accepted: false,
                 functions: keys,
@@ -141,6 +204,16 @@ impl Autoscaler {
         }
         // Callers may race; time never goes back for one activator.
         let received = received.max(state.last_seen);
+        if state.epoch != Some(report.epoch) {
+            // Requests the old process had in flight ended by now at the
+            // latest: that is the last activity known of their instances.
+            for (key, pod) in state.restart(report.epoch) {
+                self.functions
+                    .entry(key)
+                    .or_default()
+                    .saw_active(&pod, received);
+            }
+        }
         let span = Span {
             end: received,
             length: Duration::from_millis(report.interval_ms),
@@ -162,17 +235,17 @@ impl Autoscaler {
                 entry.last_request = Some(received);
             }
             for instance in &function.instances {
-                let active = match instance.idle_for_ms {
-                    _ if instance.is_busy() => Some(received),
-                    Some(idle) => received.checked_sub(Duration::from_millis(idle)),
-                    None => None,
+                // Busy: active now. Idle: active when its last request here
+                // ended. Never had a request here: no evidence at all.
+                let active = if instance.is_busy() {
+                    Some(received)
+                } else {
+                    instance
+                        .idle_for_ms
+                        .and_then(|idle| received.checked_sub(Duration::from_millis(idle)))
                 };
                 if let Some(active) = active {
-                    let last = entry
-                        .last_active
-                        .entry(instance.pod.clone())
-                        .or_insert(active);
-                    *last = (*last).max(active);
+                    entry.saw_active(&instance.pod, active);
                 }
             }
             if report.poke && function.waiting > 0 {
@@ -182,7 +255,9 @@ impl Autoscaler {
         }
         if report.leaving {
             // It has nothing in flight any more: no reason to wait for it.
-            self.activators.remove(&report.activator);
+            // The state stays (out of every view) to refuse late reports.
+            state.left = true;
+            state.latest.clear();
         }
         self.prune(received);
         Ok(Ingested {
@@ -192,26 +267,26 @@ impl Autoscaler {
         })
     }
 
-    /// Tells the store an activator replica exists (the operator saw its pod)
-    /// before it has reported. If it never reports, it counts as silent from
-    /// `now` on, which holds reaping until it is forgotten: a replica the
-    /// operator cannot hear may be serving requests. Does nothing for an
-    /// activator the store already knows.
+    /// Tells the autoscaler an activator replica exists (the operator saw
+    /// its pod) before it has reported. If it never reports, it counts as
+    /// silent from `now` on, which holds reaping until it is forgotten: a
+    /// replica the operator cannot hear may be serving requests. Does
+    /// nothing for an activator already known (or one that left).
     pub fn expect_activator(&mut self, id: impl Into<String>, now: Instant) {
         self.activators
             .entry(id.into())
-            .or_insert_with(|| ActivatorState {
-                last_seen: now,
-                sequence: None,
-                latest: BTreeMap::new(),
-            });
+            .or_insert_with(|| ActivatorState::new(now));
     }
 
     /// Every activator the store remembers, with when it last reported.
     pub fn activators(&self) -> impl Iterator<Item = (&str, Instant)> {
-        self.activators
-            .iter()
+        self.live_activators()
             .map(|(id, state)| (id.as_str(), state.last_seen))
+    }
+
+    /// Activators that have not said goodbye.
+    fn live_activators(&self) -> impl Iterator<Item = (&String, &ActivatorState)> {
+        self.activators.iter().filter(|(_, state)| !state.left)
     }
 
     /// Drops everything known about a deleted Function.
@@ -220,6 +295,16 @@ impl Autoscaler {
         for state in self.activators.values_mut() {
             state.latest.remove(key);
         }
+    }
+
+    /// Every Function the autoscaler holds state of (merged stats, scaler
+    /// memory, or an entry in an activator's last report).
+    pub fn functions(&self) -> BTreeSet<FunctionKey> {
+        self.functions
+            .keys()
+            .chain(self.activators.values().flat_map(|a| a.latest.keys()))
+            .cloned()
+            .collect()
     }
 
     /// When an activator last received a request for the function.
@@ -245,8 +330,7 @@ impl Autoscaler {
             stable: self.window_average(key, self.tuning.stable_window, now),
             panic: self.window_average(key, self.tuning.panic_window, now),
             activators: self
-                .activators
-                .iter()
+                .live_activators()
                 .map(|(id, state)| ActivatorView {
                     id: id.clone(),
                     last_seen: state.last_seen,
@@ -288,7 +372,7 @@ impl Autoscaler {
             return 0.0;
         };
         let mut total = 0.0;
-        for (id, state) in &self.activators {
+        for (id, state) in self.live_activators() {
             if now.saturating_duration_since(state.last_seen) > self.tuning.stale_after {
                 continue;
             }

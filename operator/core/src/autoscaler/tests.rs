@@ -12,7 +12,7 @@ fn key() -> FunctionKey {
 }
 
 fn report(activator: &str, sequence: u64, concurrency: f64) -> ActivatorReport {
-    let mut report = ActivatorReport::new(activator, sequence, 1000);
+    let mut report = ActivatorReport::new(activator, 1, sequence, 1000);
     let mut function = FunctionReport::new("default", "hello");
     function.concurrency = concurrency;
     report.functions.push(function);
@@ -64,7 +64,7 @@ fn a_report_without_the_function_counts_as_zero() {
     for seq in 31..=60 {
         clock.advance(Duration::from_secs(1));
         store
-            .ingest(ActivatorReport::new("a", seq, 1000), clock.now())
+            .ingest(ActivatorReport::new("a", 1, seq, 1000), clock.now())
             .unwrap();
     }
     let view = store.view(&key(), clock.now());
@@ -84,46 +84,119 @@ fn silent_activators_leave_the_windows() {
     assert!(approx(store.view(&key(), clock.now()).stable, 0.0));
 }
 
+fn accepted(store: &mut Autoscaler, report: ActivatorReport, at: Instant) -> bool {
+    store.ingest(report, at).unwrap().accepted
+}
+
+fn of_epoch(epoch: u64, sequence: u64) -> ActivatorReport {
+    let mut r = report("a", sequence, 1.0);
+    r.epoch = epoch;
+    r
+}
+
 #[test]
-fn old_sequences_are_dropped_and_zero_means_restart() {
+fn within_an_epoch_duplicates_and_late_reports_are_dropped() {
     let clock = ManualClock::new();
     let mut store = Autoscaler::new(Tuning::default(), clock.now());
-    assert!(
-        store
-            .ingest(report("a", 5, 1.0), clock.now())
-            .unwrap()
-            .accepted
+    let now = clock.now();
+    assert!(accepted(&mut store, of_epoch(7, 5), now));
+    assert!(!accepted(&mut store, of_epoch(7, 5), now), "duplicate");
+    assert!(!accepted(&mut store, of_epoch(7, 4), now), "late");
+    assert!(accepted(&mut store, of_epoch(7, 6), now));
+    // Sequence 0 within the same epoch is just an old report.
+    assert!(!accepted(&mut store, of_epoch(7, 0), now));
+}
+
+#[test]
+fn a_lost_report_does_not_make_the_next_one_unwelcome() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    assert!(accepted(&mut store, of_epoch(7, 1), clock.now()));
+    // 2 is lost.
+    clock.advance(Duration::from_secs(2));
+    assert!(accepted(&mut store, of_epoch(7, 3), clock.now()));
+    assert_eq!(
+        store.activators().next().map(|(_, at)| at),
+        Some(clock.now())
     );
-    assert!(
-        !store
-            .ingest(report("a", 5, 9.0), clock.now())
-            .unwrap()
-            .accepted
-    );
-    assert!(
-        !store
-            .ingest(report("a", 4, 9.0), clock.now())
-            .unwrap()
-            .accepted
-    );
-    assert!(
-        store
-            .ingest(report("a", 6, 1.0), clock.now())
-            .unwrap()
-            .accepted
-    );
-    assert!(
-        store
-            .ingest(report("a", 0, 1.0), clock.now())
-            .unwrap()
-            .accepted
-    );
-    assert!(
-        store
-            .ingest(report("a", 1, 1.0), clock.now())
-            .unwrap()
-            .accepted
-    );
+}
+
+#[test]
+fn a_reordered_pair_loses_only_the_older_report() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    assert!(accepted(&mut store, of_epoch(7, 1), clock.now()));
+    assert!(accepted(&mut store, of_epoch(7, 3), clock.now()));
+    assert!(!accepted(&mut store, of_epoch(7, 2), clock.now()));
+    assert!(accepted(&mut store, of_epoch(7, 4), clock.now()));
+}
+
+#[test]
+fn a_restart_is_recognised_from_any_report_of_the_new_epoch() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    assert!(accepted(&mut store, of_epoch(7, 9000), clock.now()));
+    // The new process's reports 0..=2 are lost: 3 still counts.
+    assert!(accepted(&mut store, of_epoch(8, 3), clock.now()));
+    assert!(accepted(&mut store, of_epoch(8, 4), clock.now()));
+    assert!(!accepted(&mut store, of_epoch(8, 4), clock.now()));
+}
+
+#[test]
+fn a_late_report_of_the_previous_process_is_refused() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    assert!(accepted(&mut store, of_epoch(7, 100), clock.now()));
+    assert!(accepted(&mut store, of_epoch(8, 0), clock.now()));
+    // The old process's last report arrives after the new one's first.
+    assert!(!accepted(&mut store, of_epoch(7, 101), clock.now()));
+    assert!(accepted(&mut store, of_epoch(8, 1), clock.now()));
+    // And a report of the new epoch is not refused for being of a
+    // restart: reports keep flowing.
+    assert!(accepted(&mut store, of_epoch(8, 2), clock.now()));
+}
+
+#[test]
+fn a_late_report_after_leaving_does_not_bring_the_activator_back() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    assert!(accepted(&mut store, of_epoch(7, 1), clock.now()));
+    let mut bye = of_epoch(7, 3);
+    bye.leaving = true;
+    assert!(accepted(&mut store, bye, clock.now()));
+    assert!(!accepted(&mut store, of_epoch(7, 2), clock.now()));
+    assert_eq!(store.activators().count(), 0);
+    // The same replica started again (same pod name, new process).
+    assert!(accepted(&mut store, of_epoch(9, 0), clock.now()));
+    assert_eq!(store.activators().count(), 1);
+}
+
+#[test]
+fn a_restart_ends_the_requests_the_old_process_had_in_flight() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    let mut r = of_epoch(7, 1);
+    r.functions[0].instances = vec![InstanceReport::busy("p", 2), InstanceReport::idle("q", 0)];
+    store.ingest(r, clock.now()).unwrap();
+    let q_active = clock.now();
+    clock.advance(Duration::from_secs(2));
+    // The new process knows both instances, has had no request on them.
+    let mut r = of_epoch(8, 0);
+    r.functions[0].instances = vec![InstanceReport::unused("p"), InstanceReport::unused("q")];
+    store.ingest(r, clock.now()).unwrap();
+    let view = store.view(&key(), clock.now());
+    assert_eq!(view.last_active["p"], clock.now(), "ended by the restart");
+    assert_eq!(view.last_active["q"], q_active, "unchanged");
+}
+
+#[test]
+fn an_activator_without_requests_on_an_instance_gives_no_evidence() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    let mut r = report("a", 1, 0.0);
+    r.functions[0].instances = vec![InstanceReport::unused("p")];
+    store.ingest(r, clock.now()).unwrap();
+    assert!(store.view(&key(), clock.now()).last_active.is_empty());
 }
 
 #[test]
@@ -131,10 +204,10 @@ fn invalid_reports_are_refused() {
     let clock = ManualClock::new();
     let mut store = Autoscaler::new(Tuning::default(), clock.now());
     let mut bad = report("a", 1, 1.0);
-    bad.version = 2;
+    bad.version = 3;
     assert_eq!(
         store.ingest(bad, clock.now()),
-        Err(StatsError::UnsupportedVersion { version: 2 })
+        Err(StatsError::UnsupportedVersion { version: 3 })
     );
     assert_eq!(store.activators().count(), 0);
 }
@@ -200,7 +273,7 @@ fn leaving_activators_are_forgotten_and_state_is_pruned() {
         Some(clock.now()),
         "expecting a known activator changes nothing"
     );
-    let mut bye = ActivatorReport::new("a", 2, 1000);
+    let mut bye = ActivatorReport::new("a", 1, 2, 1000);
     bye.leaving = true;
     store.ingest(bye, clock.now()).unwrap();
     assert_eq!(
@@ -210,11 +283,12 @@ fn leaving_activators_are_forgotten_and_state_is_pruned() {
 
     clock.advance(RETAIN_FOR + Duration::from_secs(1));
     store
-        .ingest(ActivatorReport::new("c", 1, 1000), clock.now())
+        .ingest(ActivatorReport::new("c", 1, 1, 1000), clock.now())
         .unwrap();
     assert_eq!(
         store.activators().map(|(id, _)| id).collect::<Vec<_>>(),
         ["c"]
     );
     assert!(store.functions.is_empty(), "{:?}", store.functions);
+    assert!(store.functions().is_empty());
 }

@@ -33,6 +33,8 @@ pub struct Sim {
     /// When the autoscaler was created (the operator started).
     pub started: Instant,
     sequences: BTreeMap<String, u64>,
+    /// Each activator's current process; 1 until it restarts.
+    epochs: BTreeMap<String, u64>,
     created: u32,
 }
 
@@ -59,6 +61,7 @@ impl Sim {
             pool: Vec::new(),
             started,
             sequences: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             created: 0,
         }
     }
@@ -95,7 +98,8 @@ impl Sim {
     ) {
         let sequence = self.sequences.entry(activator.to_owned()).or_insert(0);
         *sequence += 1;
-        let mut report = ActivatorReport::new(activator, *sequence, 1000);
+        let epoch = *self.epochs.entry(activator.to_owned()).or_insert(1);
+        let mut report = ActivatorReport::new(activator, epoch, *sequence, 1000);
         report.functions.extend(function);
         edit(&mut report);
         let ingested = self
@@ -103,6 +107,18 @@ impl Sim {
             .ingest(report, self.clock.now())
             .expect("a valid report");
         assert!(ingested.accepted);
+    }
+
+    /// `activator`'s process starts again (a new epoch, sequences from 0);
+    /// nothing is sent until the test reports.
+    pub fn restart(&mut self, activator: &str) {
+        *self.epochs.entry(activator.to_owned()).or_insert(1) += 1;
+        self.sequences.insert(activator.to_owned(), 0);
+    }
+
+    /// `activator` says goodbye with its last report (`leaving: true`).
+    pub fn leave(&mut self, activator: &str, function: Option<FunctionReport>) {
+        self.send(activator, function, |r| r.leaving = true);
     }
 
     /// `activator` reports `pods` idle since the given instants, with
