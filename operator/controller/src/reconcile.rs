@@ -319,25 +319,18 @@ fn core_pool(
     pool
 }
 
-/// The scaling settings of a Function. The CRD validates every duration;
-/// should one still fail to parse (an object stored before validation
-/// existed), the API's default stands in.
+/// The scaling settings of a Function, read through the spec's accessors
+/// (the same reading the activator uses).
 pub fn settings(function: &Function) -> Settings {
     let spec = &function.spec;
-    let defaults = Settings::default();
-    let to_u32 = |n: i32| u32::try_from(n).unwrap_or(0);
     Settings {
-        concurrency: to_u32(spec.concurrency),
-        target: spec.scaling.target,
-        min_instances: to_u32(spec.scaling.min_instances),
-        max_instances: to_u32(spec.scaling.max_instances),
-        warm_instances: to_u32(spec.scaling.warm_instances),
-        keep_alive: spec
-            .scaling
-            .keep_alive
-            .parse()
-            .unwrap_or(defaults.keep_alive),
-        timeout: spec.timeout.parse().unwrap_or(defaults.timeout),
+        concurrency: spec.concurrency(),
+        target: spec.target(),
+        min_instances: spec.min_instances(),
+        max_instances: spec.max_instances(),
+        warm_instances: spec.warm_instances(),
+        keep_alive: spec.keep_alive(),
+        timeout: spec.timeout(),
     }
 }
 

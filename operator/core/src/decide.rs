@@ -47,7 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             concurrency: 1,
-            target: 0.7,
+            target: DEFAULT_TARGET,
             min_instances: 0,
             max_instances: 100,
             warm_instances: 0,
@@ -58,20 +58,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Concurrency each instance is sized for: `concurrency × target`, or
-    /// `soft_target × target` when concurrency is unlimited.
+    /// Concurrency each instance is sized for: [`per_instance_target`].
     pub fn capacity(&self, soft_target: f64) -> f64 {
-        let target = if self.target.is_finite() && self.target > 0.0 {
-            self.target.min(1.0)
-        } else {
-            1.0
-        };
-        let per_instance = if self.concurrency == 0 {
-            soft_target
-        } else {
-            f64::from(self.concurrency)
-        };
-        (per_instance * target).max(f64::MIN_POSITIVE)
+        per_instance_target(self.concurrency, self.target, soft_target).max(f64::MIN_POSITIVE)
     }
 
     fn clamped(&self) -> Self {
@@ -82,6 +71,28 @@ impl Settings {
         }
     }
 }
+
+/// Concurrency each instance is sized for: `concurrency × target`, or
+/// `soft_target × target` when concurrency is 0 (unlimited). A target above 1
+/// reads as 1; one not above 0 (or not a number) as the default 0.7. The one
+/// formula: the controller's settings and the activator's packing both use
+/// it (through `thaw_api`'s spec accessors).
+pub fn per_instance_target(concurrency: u32, target: f64, soft_target: f64) -> f64 {
+    let target = if target.is_finite() && target > 0.0 {
+        target.min(1.0)
+    } else {
+        DEFAULT_TARGET
+    };
+    let base = if concurrency == 0 {
+        soft_target
+    } else {
+        f64::from(concurrency)
+    };
+    base * target
+}
+
+/// The Function API's default `scaling.target`.
+pub const DEFAULT_TARGET: f64 = 0.7;
 
 /// Where an instance is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,8 +28,11 @@ pub mod view;
 pub use autoscaler::{Autoscaler, Ingested};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decide::{
-    Action, Counts, Decision, Expiry, Hold, Instance, Phase, Reason, Settings, decide,
+    Action, Counts, DEFAULT_TARGET, Decision, Expiry, Hold, Instance, Phase, Reason, Settings,
+    decide, per_instance_target,
 };
 pub use duration::{GoStyle, format_duration};
 pub use stats::{ActivatorReport, FunctionReport, InstanceReport, REPORT_VERSION, StatsError};
-pub use view::{ActivatorView, FunctionKey, FunctionView, PanicState, ScalerMemory, Tuning};
+pub use view::{
+    ActivatorView, FunctionKey, FunctionView, PanicState, SOFT_TARGET, ScalerMemory, Tuning,
+};
