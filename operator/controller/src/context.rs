@@ -8,7 +8,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
-use thaw_core::{Clock, FunctionKey, Autoscaler};
+use thaw_core::{Autoscaler, Clock, FunctionKey};
 
 use crate::{memory::FunctionMemory, metrics::Metrics};
 

@@ -20,7 +20,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use prometheus::{Encoder, Registry, TextEncoder};
-use thaw_core::{ActivatorReport, Clock, FunctionKey, Autoscaler};
+use thaw_core::{ActivatorReport, Autoscaler, Clock, FunctionKey};
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{debug, warn};
 

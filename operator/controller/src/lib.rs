@@ -6,6 +6,7 @@ pub mod coldstart;
 pub mod context;
 pub mod error;
 pub mod instance;
+pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
 pub mod pod;

@@ -25,7 +25,7 @@ use kube::{
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
-use thaw_core::{Clock, FunctionKey, Autoscaler, SystemClock, Tuning};
+use thaw_core::{Autoscaler, Clock, FunctionKey, SystemClock, Tuning};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -34,6 +34,7 @@ use crate::{
     context::{Config, Context},
     error::Error,
     http::{self, HttpState},
+    lifecycle,
     metrics::Metrics,
     reconcile::reconcile,
 };
@@ -120,6 +121,8 @@ pub async fn run(
         memory: Mutex::default(),
         clock,
     });
+    // Every replica forgets deleted Functions (followers hold their stats).
+    lifecycle::start(client.clone(), options.watch_namespace.as_deref(), &ctx)?;
 
     // One stop signal for everything: SIGTERM, or losing the Lease.
     let stop_on_signal = stop_tx.clone();
