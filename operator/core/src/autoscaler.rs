@@ -26,12 +26,21 @@ use crate::{
     view::{ActivatorView, FunctionKey, FunctionView, ScalerMemory, Tuning},
 };
 
+/// How far an idle instance's last activity, as two reports imply it, may
+/// differ before it counts as moved: the reports' transit times differ by
+/// a few milliseconds, and an expiry shown to users moves in whole seconds.
+const ACTIVITY_JITTER: Duration = Duration::from_secs(1);
+
 /// What [`Autoscaler::ingest`] did with a report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ingested {
     /// False when the report was dropped as a duplicate or out of order.
     pub accepted: bool,
-    /// Functions the report was about: decide them again.
+    /// Functions whose numbers moved (see [`moved`]): decide them again.
+    /// An idle Function an activator keeps reporting the same way is not
+    /// here, so reports of 1000 idle Functions wake none of them; what
+    /// changes with time alone (an expiry, a silent activator) each
+    /// decision's `next_wakeup` covers.
     pub functions: Vec<FunctionKey>,
     /// Functions to decide right away: the report was a poke and they have
     /// requests waiting.
@@ -150,6 +159,48 @@ impl FunctionState {
     }
 }
 
+/// Whether an activator's report of a Function (received at `received`)
+/// says anything its previous one (received at `previous_seen`) did not:
+/// requests arrived, waiting or windowed concurrency is (or was) non-zero,
+/// an instance appeared, went, changed its in-flight count or draining
+/// flag, or its last activity here moved by more than [`ACTIVITY_JITTER`].
+fn moved(
+    before: Option<&FunctionReport>,
+    previous_seen: Instant,
+    now: &FunctionReport,
+    received: Instant,
+) -> bool {
+    let Some(before) = before else {
+        return true;
+    };
+    if now.requests > 0
+        || now.waiting != before.waiting
+        || now.concurrency > 0.0
+        || before.concurrency > 0.0
+        || now.instances.len() != before.instances.len()
+    {
+        return true;
+    }
+    let active = |at: Instant, idle: Option<u64>| {
+        idle.and_then(|ms| at.checked_sub(Duration::from_millis(ms)))
+    };
+    now.instances.iter().any(|instance| {
+        let Some(old) = before.instances.iter().find(|i| i.pod == instance.pod) else {
+            return true;
+        };
+        if old.in_flight != instance.in_flight || old.draining != instance.draining {
+            return true;
+        }
+        match (
+            active(previous_seen, old.idle_for_ms),
+            active(received, instance.idle_for_ms),
+        ) {
+            (Some(a), Some(b)) => a.max(b) - a.min(b) > ACTIVITY_JITTER,
+            (a, b) => a.is_some() != b.is_some(),
+        }
+    })
+}
+
 /// The autoscaler's state of every Function, and what it knows of every
 /// activator replica.
 #[derive(Clone, Debug)]
@@ -190,20 +241,20 @@ impl Autoscaler {
         received: Instant,
     ) -> Result<Ingested, StatsError> {
         report.validate()?;
-        let keys: Vec<FunctionKey> = report.functions.iter().map(FunctionReport::key).collect();
         let state = self
             .activators
             .entry(report.activator.clone())
             .or_insert_with(|| ActivatorState::new(received));
         if !state.accepts(report.epoch, report.sequence) {
-            return Ok(Ingested {
-                accepted: false,
-                functions: keys,
-                poked: Vec::new(),
-            });
+            return Ok(Ingested::default());
         }
         // Callers may race; time never goes back for one activator.
         let received = received.max(state.last_seen);
+        let previous_seen = state.last_seen;
+        // A new process, a first report, a goodbye: every Function it
+        // mentions (or mentioned) may decide differently.
+        let everything =
+            state.epoch != Some(report.epoch) || state.sequence.is_none() || report.leaving;
         if state.epoch != Some(report.epoch) {
             // Requests the old process had in flight ended by now at the
             // latest: that is the last activity known of their instances.
@@ -220,11 +271,16 @@ impl Autoscaler {
         };
         state.last_seen = received;
         state.sequence = Some(report.sequence);
-        state.latest.clear();
+        let mut previous = std::mem::take(&mut state.latest);
 
         let mut poked = Vec::new();
+        let mut woken = Vec::new();
         for function in report.functions {
             let key = function.key();
+            let before = previous.remove(&key);
+            if everything || moved(before.as_ref(), previous_seen, &function, received) {
+                woken.push(key.clone());
+            }
             let entry = self.functions.entry(key.clone()).or_default();
             entry.samples.push_back(Sample {
                 activator: report.activator.clone(),
@@ -259,10 +315,12 @@ impl Autoscaler {
             state.left = true;
             state.latest.clear();
         }
+        // Functions it no longer lists: what it had of them ended.
+        woken.extend(previous.into_keys());
         self.prune(received);
         Ok(Ingested {
             accepted: true,
-            functions: keys,
+            functions: woken,
             poked,
         })
     }

@@ -292,3 +292,62 @@ fn leaving_activators_are_forgotten_and_state_is_pruned() {
     assert!(store.functions.is_empty(), "{:?}", store.functions);
     assert!(store.functions().is_empty());
 }
+
+#[test]
+fn reports_wake_only_functions_whose_numbers_moved() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    let other = FunctionKey::new("default", "other");
+    let idle = |seq: u64, idle_ms: u64, other_in_flight: u32| {
+        let mut r = report("a", seq, 0.0);
+        r.functions[0].instances = vec![InstanceReport::idle("p", idle_ms)];
+        let mut f = FunctionReport::new("default", "other");
+        f.instances = vec![if other_in_flight > 0 {
+            InstanceReport::busy("q", other_in_flight)
+        } else {
+            InstanceReport::unused("q")
+        }];
+        r.functions.push(f);
+        r
+    };
+    let woken = |store: &mut Autoscaler, r: ActivatorReport, at: Instant| {
+        store.ingest(r, at).unwrap().functions
+    };
+    // The first report of an activator wakes everything it mentions.
+    assert_eq!(woken(&mut store, idle(1, 5_000, 0), clock.now()).len(), 2);
+    // The same idle picture a second later (a few ms of transit jitter):
+    // nothing moved.
+    clock.advance(Duration::from_millis(1_004));
+    assert!(woken(&mut store, idle(2, 6_000, 0), clock.now()).is_empty());
+    // A request on `other`: only it.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        woken(&mut store, idle(3, 7_000, 1), clock.now()),
+        [other.clone()]
+    );
+    // `p`'s last activity moved (a request came and went in between).
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(woken(&mut store, idle(4, 100, 1), clock.now()), [key()]);
+    // A duplicate wakes nothing.
+    assert!(woken(&mut store, idle(4, 100, 1), clock.now()).is_empty());
+    // Traffic shows in the windows: woken while concurrency is non-zero,
+    // and once more when it drops to zero.
+    clock.advance(Duration::from_secs(1));
+    let mut busy = idle(5, 1_100, 1);
+    busy.functions[0].concurrency = 0.3;
+    assert_eq!(woken(&mut store, busy, clock.now()), [key()]);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(woken(&mut store, idle(6, 2_100, 1), clock.now()), [key()]);
+    clock.advance(Duration::from_secs(1));
+    assert!(woken(&mut store, idle(7, 3_100, 1), clock.now()).is_empty());
+    // A Function the activator stops listing is woken.
+    clock.advance(Duration::from_secs(1));
+    let mut r = idle(8, 4_100, 1);
+    r.functions.truncate(1);
+    assert_eq!(woken(&mut store, r, clock.now()), [other]);
+    // A new process wakes everything it mentions.
+    clock.advance(Duration::from_secs(1));
+    let mut r = idle(0, 5_100, 1);
+    r.epoch = 2;
+    assert_eq!(woken(&mut store, r, clock.now()).len(), 2);
+}
