@@ -6,11 +6,11 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
 use thaw_core::{Autoscaler, Clock, FunctionKey};
 
-use crate::{memory::FunctionMemory, metrics::Metrics};
+use crate::{memory::FunctionMemory, metrics::Metrics, pod_index::PodIndex};
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "thaw-controller";
@@ -33,6 +33,10 @@ pub struct Context {
     pub config: Config,
     /// Every instance pod (label `thaw.dev/function`), from a watch.
     pub pods: Store<Pod>,
+    /// Which of them belong to which Function, from the same watch.
+    pub pod_index: PodIndex,
+    /// Every Function Service (label `thaw.dev/function`), from a watch.
+    pub services: Store<Service>,
     /// Activator stats, merged; the HTTP endpoint feeds it.
     pub autoscaler: Arc<Mutex<Autoscaler>>,
     pub memory: Mutex<HashMap<FunctionKey, FunctionMemory>>,

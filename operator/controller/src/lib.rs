@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
 pub mod pod;
+pub mod pod_index;
 pub mod reconcile;
 pub mod service;
 pub mod status;

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub cold_start: HistogramVec,
     pub panic: IntGaugeVec,
     pub reaps: IntCounterVec,
+    /// Writes to the API server, by resource (pod, service, status, event).
+    pub writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +94,14 @@ impl Metrics {
             ),
             &["namespace", "function"],
         )?;
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "thaw_api_writes_total",
+                "Writes the controller sent to the API server, by resource: pod (create, annotate, delete), service, status, event.",
+            ),
+            &["resource"],
+        )?;
+        registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(cold_start.clone()))?;
         registry.register(Box::new(panic.clone()))?;
         registry.register(Box::new(reaps.clone()))?;
@@ -114,6 +124,7 @@ impl Metrics {
             cold_start,
             panic,
             reaps,
+            writes,
         })
     }
 }

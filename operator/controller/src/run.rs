@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
@@ -36,6 +36,7 @@ use crate::{
     http::{self, HttpState},
     lifecycle,
     metrics::Metrics,
+    pod_index::PodIndex,
     reconcile::reconcile,
 };
 
@@ -105,6 +106,7 @@ pub async fn run(
     info!(identity = %options.identity, "waiting for leadership");
 
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let (services, service_writer) = reflector::store::<Service>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -117,6 +119,8 @@ pub async fn run(
         metrics,
         config: options.config.clone(),
         pods,
+        pod_index: PodIndex::default(),
+        services,
         autoscaler,
         memory: Mutex::default(),
         clock,
@@ -160,6 +164,7 @@ pub async fn run(
             options.watch_namespace.as_deref(),
             ctx.clone(),
             pod_writer,
+            service_writer,
             wake_rx,
             stopped(stop_rx.clone()),
         )
@@ -220,28 +225,50 @@ async fn controller(
     namespace: Option<&str>,
     ctx: Arc<Context>,
     pod_writer: reflector::store::Writer<Pod>,
+    service_writer: reflector::store::Writer<Service>,
     wake: mpsc::UnboundedReceiver<FunctionKey>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (functions, pods) = match namespace {
+    let (functions, pods, services) = match namespace {
         Some(ns) => (
             Api::<DeserializeGuard<Function>>::namespaced(client.clone(), ns),
-            Api::<Pod>::namespaced(client, ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
+    // Function Services: the cache reconcile compares with (so a Service is
+    // applied only when it differs), and a trigger when one is changed or
+    // deleted behind the controller's back.
+    let services = reflector::reflector(
+        service_writer,
+        watcher(services, watcher::Config::default().labels(FUNCTION_LABEL)),
+    )
+    .default_backoff()
+    .touched_objects();
     let instance_pods = watcher::Config::default().labels(FUNCTION_LABEL);
     // The cache reconciles read pods from; the controller's own watch of
     // owned pods only triggers reconciles.
+    let indexed = ctx.clone();
     let cache = reflector::reflector(pod_writer, watcher(pods.clone(), instance_pods.clone()))
         .default_backoff()
-        .for_each(|_| std::future::ready(()));
+        .for_each(move |event| {
+            if let Ok(event) = &event {
+                indexed.pod_index.apply(event);
+            }
+            std::future::ready(())
+        });
     let cache = tokio::spawn(cache);
     let mut wake = wake;
     let wakeups = futures::stream::poll_fn(move |cx| wake.poll_recv(cx))
         .map(|key| ObjectRef::new(&key.name).within(&key.namespace));
     Controller::new(functions, watcher::Config::default().any_semantic())
         .owns(pods, instance_pods)
+        .owns_stream(services)
         .reconcile_on(wakeups)
         .graceful_shutdown_on(stop)
         .run(reconcile_guarded, error_policy, ctx)
