@@ -31,7 +31,7 @@ use hyper_util::{
 use thaw_core::{ActivatorReport, REPORT_VERSION};
 use tracing::{debug, info, warn};
 
-use crate::{breaker::Registry, metrics::Metrics};
+use crate::{metrics::Metrics, registry::Registry};
 
 /// Pokes closer together than this are sent as one report.
 pub const MIN_POKE_GAP: Duration = Duration::from_millis(20);

@@ -33,9 +33,9 @@ use thaw_api::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    breaker::Registry,
     place::Limits,
-    table::{FunctionConfig, PodInfo},
+    registry::Registry,
+    throttle::{FunctionConfig, PodInfo},
 };
 
 /// What the activator needs of a Function, read through the spec's

@@ -323,7 +323,7 @@ fn reports_wake_only_functions_whose_numbers_moved() {
     clock.advance(Duration::from_secs(1));
     assert_eq!(
         woken(&mut store, idle(3, 7_000, 1), clock.now()),
-        [other.clone()]
+        std::slice::from_ref(&other)
     );
     // `p`'s last activity moved (a request came and went in between).
     clock.advance(Duration::from_secs(1));
