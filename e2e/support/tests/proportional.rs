@@ -35,7 +35,8 @@ async fn an_unchanged_service_and_status_are_not_written_again() {
     cluster.install_function_crd().await.expect("CRD");
     let ns = cluster.namespace("prop").await.expect("namespace");
     let operator = Operator::start(&cluster, &ns.name, "op-a").expect("operator");
-    let fail = |e: anyhow::Error| -> ! { panic!("{e:#}\n--- operator log ---\n{}", operator.log()) };
+    let fail =
+        |e: anyhow::Error| -> ! { panic!("{e:#}\n--- operator log ---\n{}", operator.log()) };
     apply_function(&ns, "quiet", json!({"image": "thaw.dev/samples/hello"}))
         .await
         .expect("apply");
@@ -58,8 +59,11 @@ async fn an_unchanged_service_and_status_are_not_written_again() {
     })
     .await
     .unwrap_or_else(|e| fail(e));
-    let before = value(&settled, reconciles);
-    let (services, statuses) = (value(&settled, service_writes), value(&settled, status_writes));
+    let before = value(&settled, &reconciles);
+    let (services, statuses) = (
+        value(&settled, service_writes),
+        value(&settled, status_writes),
+    );
 
     // Five reconciles, each woken by a change to the Function's metadata.
     let mut seen = before;
@@ -70,16 +74,24 @@ async fn an_unchanged_service_and_status_are_not_written_again() {
             .await
             .expect("annotate");
         seen = wait_until("one more reconcile", WAIT, || async {
-            let n = value(&metrics(&operator).await?, reconciles);
+            let n = value(&metrics(&operator).await?, &reconciles);
             Ok((n > seen).then_some(n))
         })
         .await
         .unwrap_or_else(|e| fail(e));
     }
     let text = metrics(&operator).await.expect("metrics");
-    assert!(value(&text, reconciles) >= before + 5.0);
-    assert_eq!(value(&text, service_writes), services, "Service re-applied:\n{text}");
-    assert_eq!(value(&text, status_writes), statuses, "status rewritten:\n{text}");
+    assert!(value(&text, &reconciles) >= before + 5.0);
+    assert_eq!(
+        value(&text, service_writes),
+        services,
+        "Service re-applied:\n{text}"
+    );
+    assert_eq!(
+        value(&text, status_writes),
+        statuses,
+        "status rewritten:\n{text}"
+    );
 
     // Deleted behind the controller's back, the Service comes back: one write.
     ns.api::<Service>()
@@ -88,7 +100,9 @@ async fn an_unchanged_service_and_status_are_not_written_again() {
         .expect("delete Service");
     wait_until("the Service to be re-created", WAIT, || async {
         let back = ns.api::<Service>().get_opt("quiet").await?;
-        Ok(back.filter(|s| s.metadata.deletion_timestamp.is_none()).map(|_| ()))
+        Ok(back
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .map(|_| ()))
     })
     .await
     .unwrap_or_else(|e| fail(e));
