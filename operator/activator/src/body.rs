@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
-use crate::{breaker::Lease, conn::InRequest};
+use crate::{conn::InRequest, registry::Lease};
 
 /// Why a request body was cut.
 #[derive(Debug)]

@@ -8,9 +8,10 @@
 //!
 //! - [`route`]: which function a request is for.
 //! - [`place`]: which instance takes it.
-//! - [`table`]: one function's instances, queue and stats.
-//! - [`breaker`]: the registry of functions and the RAII [`breaker::Lease`]
-//!   and [`breaker::Waiter`] requests hold.
+//! - [`throttle`]: one function's throttle: its instances and their slots,
+//!   its queue, its stats.
+//! - [`registry`]: the registry of functions and the RAII [`registry::Lease`]
+//!   and [`registry::Waiter`] requests hold.
 //!
 //! Thin adapters connect it to the world: [`watch`] (Kubernetes reflectors),
 //! [`probe`] (readiness), [`proxy`] with [`body`], [`headers`] and [`conn`]
@@ -19,17 +20,17 @@
 
 pub mod admin;
 pub mod body;
-pub mod breaker;
 pub mod conn;
 pub mod headers;
 pub mod metrics;
 pub mod place;
 pub mod probe;
 pub mod proxy;
+pub mod registry;
 pub mod report;
 pub mod route;
 pub mod run;
-pub mod table;
+pub mod throttle;
 pub mod watch;
 
 pub use proxy::ProxyOptions;

@@ -17,25 +17,17 @@ pub struct Limits {
     pub target: f64,
 }
 
-/// Soft target per instance when `concurrency` is 0 (unlimited), as in
-/// Knative and `thaw_core::Tuning`.
-pub const UNLIMITED_SOFT_TARGET: f64 = 100.0;
-
 impl Limits {
-    /// `max(1, floor(concurrency × target))`; `floor(100 × target)` when unlimited.
+    /// `max(1, floor(concurrency × target))`; `floor(100 × target)` when
+    /// unlimited: the autoscaler's per-instance target, by the same formula.
     pub fn soft(&self) -> u32 {
-        let base = if self.concurrency == 0 {
-            UNLIMITED_SOFT_TARGET
-        } else {
-            f64::from(self.concurrency)
-        };
-        let target = if self.target.is_finite() && self.target > 0.0 {
-            self.target.min(1.0)
-        } else {
-            1.0
-        };
+        let per_instance = thaw_core::per_instance_target(
+            self.concurrency,
+            self.target,
+            thaw_api::UNLIMITED_SOFT_TARGET,
+        );
         // 1e-9 tolerates floating-point noise: 10 × 0.7 is 7, not 6.
-        let soft = (base * target + 1e-9).floor();
+        let soft = (per_instance + 1e-9).floor();
         // `soft` is at most 1000 here, so the cast is exact.
         (soft as u32).max(1)
     }
@@ -159,7 +151,9 @@ mod tests {
             concurrency: 4,
             target: f64::NAN,
         };
-        assert_eq!(broken.soft(), 4);
+        // A target that is not a number reads as the default 0.7, in the
+        // autoscaler too: floor(4 × 0.7).
+        assert_eq!(broken.soft(), 2);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use tokio::{net::TcpStream, time::MissedTickBehavior};
 use tracing::debug;
 
 use crate::{
-    breaker::{Entry, SpawnProbe},
-    table::{InstanceId, ProbeTarget},
+    registry::{Entry, SpawnProbe},
+    throttle::{InstanceId, ProbeTarget},
 };
 
 /// Time between probes of one instance.

@@ -43,10 +43,10 @@ use tracing::{debug, warn};
 
 use crate::{
     body::{GiveBack, RequestBody, RequestBodyError, ResponseBody, request_body_error},
-    breaker::{Admission, Entry, Lease, Registry},
     conn,
     headers::{THAW_COLD_START, forward_request, forward_response},
     metrics::Metrics,
+    registry::{Admission, Entry, Lease, Registry},
     route::{Route, Router},
 };
 

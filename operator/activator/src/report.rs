@@ -31,7 +31,7 @@ use hyper_util::{
 use thaw_core::{ActivatorReport, REPORT_VERSION};
 use tracing::{debug, info, warn};
 
-use crate::{breaker::Registry, metrics::Metrics};
+use crate::{metrics::Metrics, registry::Registry};
 
 /// Pokes closer together than this are sent as one report.
 pub const MIN_POKE_GAP: Duration = Duration::from_millis(20);
@@ -84,6 +84,9 @@ pub struct Reporter {
     targets: Vec<Target>,
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    /// Random per process: tells the operator a restarted activator from
+    /// the one before it, from any of its reports.
+    epoch: u64,
     sequence: u64,
     last: Instant,
     metrics: Metrics,
@@ -112,6 +115,7 @@ impl Reporter {
             targets,
             client,
             timeout,
+            epoch: rand::random(),
             sequence: 0,
             last: Instant::now(),
             metrics,
@@ -127,6 +131,7 @@ impl Reporter {
         let report = ActivatorReport {
             version: REPORT_VERSION,
             activator: self.id.clone(),
+            epoch: self.epoch,
             sequence: self.sequence,
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             poke,

@@ -24,13 +24,13 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, AdminState},
-    breaker::Registry,
     metrics::Metrics,
     place::Limits,
     probe,
     proxy::{Proxy, ProxyOptions},
+    registry::Registry,
     report::{Reporter, Target},
-    table::{FunctionConfig, PodInfo},
+    throttle::{FunctionConfig, PodInfo},
     watch::{self, Synced},
 };
 

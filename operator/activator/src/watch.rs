@@ -13,7 +13,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use futures::{Stream, StreamExt};
@@ -37,30 +36,26 @@ use thaw_api::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    breaker::Registry,
     place::Limits,
-    table::{FunctionConfig, PodInfo},
+    registry::Registry,
+    throttle::{FunctionConfig, PodInfo},
 };
 
-/// Used when a duration in a stored Function does not parse (the CRD
-/// validates them, so only objects stored before validation existed).
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
-
-/// What the activator needs of a Function; `None` without a uid.
+/// What the activator needs of a Function, read through the spec's
+/// accessors (the same reading the controller uses); `None` without a uid.
 pub fn function_config(function: &Function) -> Option<FunctionConfig> {
     let spec = &function.spec;
     Some(FunctionConfig {
         uid: function.metadata.uid.clone()?,
         hash: spec_hash(spec),
         limits: Limits {
-            concurrency: u32::try_from(spec.concurrency).unwrap_or(1),
-            target: spec.scaling.target,
+            concurrency: spec.concurrency(),
+            target: spec.target(),
         },
-        max_pending: u32::try_from(spec.queue.max_pending).unwrap_or(0),
-        max_wait: spec.queue.max_wait.parse().unwrap_or(DEFAULT_MAX_WAIT),
-        timeout: spec.timeout.parse().unwrap_or(DEFAULT_TIMEOUT),
-        port: u16::try_from(spec.port).unwrap_or(8080),
+        max_pending: spec.max_pending(),
+        max_wait: spec.max_wait(),
+        timeout: spec.timeout(),
+        port: spec.port(),
     })
 }
 
@@ -306,6 +301,8 @@ fn apply_pod(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -330,7 +327,14 @@ mod tests {
         assert_eq!(config.port, 9000);
         // Defaults, and a duration stored before validation existed.
         function.spec.timeout = "soon".into();
-        assert_eq!(function_config(&function).unwrap().timeout, DEFAULT_TIMEOUT);
+        assert_eq!(
+            function_config(&function).unwrap().timeout,
+            Duration::from_secs(30)
+        );
+        // A concurrency admission would refuse reads as a limit, as in the
+        // controller: the spec's accessors are the one reading.
+        function.spec.concurrency = -4;
+        assert_eq!(function_config(&function).unwrap().limits.concurrency, 1);
         function.metadata.uid = None;
         assert!(function_config(&function).is_none());
     }

@@ -21,12 +21,12 @@ use hyper::{body::Frame, service::service_fn};
 use hyper_util::rt::TokioIo;
 use thaw_activator::{
     ProxyOptions,
-    breaker::Registry,
     metrics::Metrics,
     place::Limits,
     probe,
     proxy::Proxy,
-    table::{FunctionConfig, PodInfo},
+    registry::Registry,
+    throttle::{FunctionConfig, PodInfo},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

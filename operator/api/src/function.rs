@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::{GoDuration, format_rule, range_rule};
 
+pub mod settings;
+
 /// A function thaw runs on demand: a container image serving HTTP on
 /// `port`, scaled from zero by request concurrency, each instance destroyed
 /// once it has been idle for `scaling.keepAlive`.

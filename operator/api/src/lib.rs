@@ -13,6 +13,7 @@ pub mod hash;
 pub mod keys;
 
 pub use duration::GoDuration;
+pub use function::settings::{MAX_CONCURRENCY, UNLIMITED_SOFT_TARGET};
 pub use function::{
     Function, FunctionSpec, FunctionStatus, InstanceCounts, PodTemplate, PodTemplateMetadata,
     Queue, Scaling,

@@ -50,6 +50,7 @@ pub async fn create_pod(
         .to_lowercase();
     let pod_name = format!("{}-{suffix}", key.name);
     let pod = instance_pod(function, &pod_name, &ctx.config.gate_image);
+    ctx.metrics.writes.with_label_values(&["pod"]).inc();
     api.create(
         &PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
@@ -103,7 +104,7 @@ pub async fn drain_pod(
         IDLE_SINCE_ANNOTATION: null,
         EXPIRES_AT_ANNOTATION: null,
     }}});
-    if !merge_annotations(api, pod, &patch)
+    if !merge_annotations(ctx, api, pod, &patch)
         .await
         .map_err(|source| Error::DrainPod {
             pod: pod.to_owned(),
@@ -152,6 +153,7 @@ pub async fn delete_pod(
         }),
         ..DeleteParams::default()
     };
+    ctx.metrics.writes.with_label_values(&["pod"]).inc();
     match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
@@ -168,10 +170,12 @@ pub async fn delete_pod(
 /// Merges `patch` (a `{"metadata": {"annotations": ...}}` object) into the
 /// pod; false when the pod is gone, which no caller treats as an error.
 async fn merge_annotations(
+    ctx: &Context,
     api: &Api<Pod>,
     pod: &str,
     patch: &serde_json::Value,
 ) -> Result<bool, kube::Error> {
+    ctx.metrics.writes.with_label_values(&["pod"]).inc();
     match api
         .patch(pod, &PatchParams::default(), &Patch::Merge(patch))
         .await
@@ -205,7 +209,7 @@ pub async fn record_cold_start(
     }
     let patch =
         json!({ "metadata": { "annotations": { COLD_START_ANNOTATION: breakdown.to_string() }}});
-    if !merge_annotations(api, pod, &patch)
+    if !merge_annotations(ctx, api, pod, &patch)
         .await
         .map_err(|source| Error::AnnotatePod {
             pod: pod.to_owned(),
@@ -230,6 +234,7 @@ pub async fn record_cold_start(
 /// instance a floor keeps, `thaw.dev/kept`) on each ready instance when they
 /// change, and removes them while it is busy.
 pub async fn annotate_expiries(
+    ctx: &Context,
     api: &Api<Pod>,
     pods: &[Arc<Pod>],
     decision: &Decision,
@@ -263,7 +268,7 @@ pub async fn annotate_expiries(
             EXPIRES_AT_ANNOTATION: expires_at.map(|t| t.to_string()),
             KEPT_ANNOTATION: kept,
         }}});
-        merge_annotations(api, &expiry.instance, &patch)
+        merge_annotations(ctx, api, &expiry.instance, &patch)
             .await
             .map_err(|source| Error::AnnotatePod {
                 pod: expiry.instance.clone(),
@@ -300,6 +305,7 @@ pub async fn publish(
         action: action.into(),
         secondary: None,
     };
+    ctx.metrics.writes.with_label_values(&["event"]).inc();
     if let Err(error) = ctx
         .recorder
         .publish(&event, &function.object_ref(&()))

@@ -6,11 +6,11 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
-use thaw_core::{Clock, FunctionKey, StatsStore};
+use thaw_core::{Autoscaler, Clock, FunctionKey};
 
-use crate::{gate::GateClient, memory::FunctionMemory, metrics::Metrics};
+use crate::{gate::GateClient, memory::FunctionMemory, metrics::Metrics, pod_index::PodIndex};
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "thaw-controller";
@@ -35,8 +35,12 @@ pub struct Context {
     pub config: Config,
     /// Every instance pod (label `thaw.dev/function`), from a watch.
     pub pods: Store<Pod>,
+    /// Which of them belong to which Function, from the same watch.
+    pub pod_index: PodIndex,
+    /// Every Function Service (label `thaw.dev/function`), from a watch.
+    pub services: Store<Service>,
     /// Activator stats, merged; the HTTP endpoint feeds it.
-    pub autoscaler: Arc<Mutex<StatsStore>>,
+    pub autoscaler: Arc<Mutex<Autoscaler>>,
     pub memory: Mutex<HashMap<FunctionKey, FunctionMemory>>,
     pub clock: Arc<dyn Clock>,
     /// Asks instances' gates before they are reaped or deleted.
@@ -46,7 +50,7 @@ pub struct Context {
 impl Context {
     /// The autoscaler's store. A panic while it was held cannot leave it
     /// inconsistent in a way worse than stale stats, so poisoning is ignored.
-    pub fn autoscaler(&self) -> MutexGuard<'_, StatsStore> {
+    pub fn autoscaler(&self) -> MutexGuard<'_, Autoscaler> {
         self.autoscaler
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -20,10 +20,10 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use prometheus::{Encoder, Registry, TextEncoder};
-use thaw_core::{ActivatorReport, Clock, StatsStore};
+use thaw_core::{ActivatorReport, Autoscaler, Clock};
+use tokio::net::TcpListener;
 
 use crate::wake::Wakeups;
-use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 /// Largest stats report accepted; a report is a few hundred bytes per function.
@@ -33,7 +33,7 @@ const MAX_REPORT_BYTES: usize = 4 << 20;
 #[derive(Clone)]
 pub struct HttpState {
     pub registry: Registry,
-    pub autoscaler: Arc<Mutex<StatsStore>>,
+    pub autoscaler: Arc<Mutex<Autoscaler>>,
     pub clock: Arc<dyn Clock>,
     /// Functions to reconcile now because their stats changed.
     pub wake: Wakeups,

@@ -1,9 +1,13 @@
 //! The operator's Prometheus metrics.
 
+use std::collections::{BTreeSet, HashMap};
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    core::{Collector, MetricVec, MetricVecBuilder},
     exponential_buckets,
 };
+use thaw_core::FunctionKey;
 
 /// Every metric the controller records, registered in one registry.
 #[derive(Clone)]
@@ -21,6 +25,8 @@ pub struct Metrics {
     pub reaps: IntCounterVec,
     /// Wake-ups from reports dropped because the leader's queue was full.
     pub wakeups_dropped: IntCounter,
+    /// Writes to the API server, by resource (pod, service, status, event).
+    pub writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -95,6 +101,14 @@ impl Metrics {
             "Reconcile wake-ups from stats reports dropped because the queue was full.",
         )?;
         registry.register(Box::new(wakeups_dropped.clone()))?;
+        let writes = IntCounterVec::new(
+            Opts::new(
+                "thaw_api_writes_total",
+                "Writes the controller sent to the API server, by resource: pod (create, annotate, delete), service, status, event.",
+            ),
+            &["resource"],
+        )?;
+        registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(cold_start.clone()))?;
         registry.register(Box::new(panic.clone()))?;
         registry.register(Box::new(reaps.clone()))?;
@@ -118,6 +132,106 @@ impl Metrics {
             panic,
             wakeups_dropped,
             reaps,
+            writes,
         })
+    }
+}
+
+impl Metrics {
+    /// Removes every series labelled with the Function (when it is deleted).
+    pub fn forget_function(&self, namespace: &str, name: &str) {
+        let matches = |ns: &str, f: &str| ns == namespace && f == name;
+        remove_series(&self.reconciles, matches);
+        remove_series(&self.instances, matches);
+        remove_series(&self.desired, matches);
+        remove_series(&self.decisions, matches);
+        remove_series(&self.instance_failures, matches);
+        remove_series(&self.cold_start, matches);
+        remove_series(&self.panic, matches);
+        remove_series(&self.reaps, matches);
+    }
+
+    /// Every Function with at least one series.
+    pub fn functions(&self) -> BTreeSet<FunctionKey> {
+        let mut keys = BTreeSet::new();
+        let mut note = |ns: &str, f: &str| {
+            keys.insert(FunctionKey::new(ns, f));
+            false
+        };
+        remove_series(&self.reconciles, &mut note);
+        remove_series(&self.instances, &mut note);
+        remove_series(&self.desired, &mut note);
+        remove_series(&self.decisions, &mut note);
+        remove_series(&self.instance_failures, &mut note);
+        remove_series(&self.cold_start, &mut note);
+        remove_series(&self.panic, &mut note);
+        remove_series(&self.reaps, &mut note);
+        keys
+    }
+}
+
+/// Removes the series of `vec` whose `namespace` and `function` labels
+/// `select` picks (whatever their other labels: states, reasons, phases).
+fn remove_series<T: MetricVecBuilder>(
+    vec: &MetricVec<T>,
+    mut select: impl FnMut(&str, &str) -> bool,
+) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if let (Some(ns), Some(f)) = (labels.get("namespace"), labels.get("function"))
+                && select(ns, f)
+            {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_a_function_removes_all_its_series_and_only_its() {
+        let m = Metrics::new().unwrap();
+        for f in ["a", "b"] {
+            m.reconciles.with_label_values(&["ns", f]).inc();
+            for state in ["starting", "busy", "idle", "draining"] {
+                m.instances.with_label_values(&["ns", f, state]).set(1);
+            }
+            m.desired.with_label_values(&["ns", f]).set(2);
+            m.decisions.with_label_values(&["ns", f, "create"]).inc();
+            m.instance_failures
+                .with_label_values(&["ns", f, "CrashLoop"])
+                .inc();
+            m.cold_start
+                .with_label_values(&["ns", f, "total"])
+                .observe(0.1);
+            m.panic.with_label_values(&["ns", f]).set(0);
+            m.reaps.with_label_values(&["ns", f]).inc();
+        }
+        m.errors.with_label_values(&["kube"]).inc();
+        assert_eq!(
+            m.functions(),
+            [FunctionKey::new("ns", "a"), FunctionKey::new("ns", "b")].into()
+        );
+        m.forget_function("ns", "a");
+        assert_eq!(m.functions(), [FunctionKey::new("ns", "b")].into());
+        let text = {
+            use prometheus::Encoder;
+            let mut buffer = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&m.registry.gather(), &mut buffer)
+                .unwrap();
+            String::from_utf8(buffer).unwrap()
+        };
+        assert!(!text.contains(r#"function="a""#), "{text}");
+        assert!(text.contains(r#"function="b""#));
+        assert!(text.contains("thaw_reconcile_errors_total"));
     }
 }

@@ -15,10 +15,10 @@ use k8s_openapi::{
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{controller::Action, events::EventType},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
-use thaw_api::{Function, FunctionStatus, keys::FUNCTION_LABEL};
+use thaw_api::{Function, FunctionStatus};
 use thaw_core::{Decision, FunctionKey, Phase, Settings};
 
 use crate::{
@@ -77,7 +77,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     let key = FunctionKey::new(&namespace, &name);
     let now = ctx.clock.now();
     let wall = Timestamp::now();
-    let pods = owned_pods(&ctx, &function, &namespace, &name);
+    let pods = owned_pods(&ctx, &function, &key);
     let hash = spec_hash(&function.spec);
     let instances: Vec<Instance> = pods.iter().map(|p| classify(p, &hash)).collect();
     let plan = plan(&ctx, &function, &key, &instances, &pods, now, wall);
@@ -134,7 +134,7 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     for (pod, breakdown) in &plan.cold_starts {
         record_cold_start(&ctx, &function, &pod_api, &key, pod, breakdown).await?;
     }
-    annotate_expiries(&pod_api, &pods, &plan.decision, now, wall).await?;
+    annotate_expiries(&ctx, &pod_api, &pods, &plan.decision, now, wall).await?;
     apply_service(&ctx, &function, &namespace, &name).await?;
     apply_status(&ctx, &function, &key, &plan, now, wall).await?;
     record_gauges(&ctx, &namespace, &name, &plan.decision);
@@ -153,19 +153,18 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(wake.clamp(MIN_REQUEUE, IDLE_REQUEUE)))
 }
 
-/// Instance pods of this Function (by label and controller owner) from the cache.
-fn owned_pods(ctx: &Context, function: &Function, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+/// Instance pods of this Function (by label and controller owner) from the
+/// cache, found through the index: only this Function's pods are read.
+fn owned_pods(ctx: &Context, function: &Function, key: &FunctionKey) -> Vec<Arc<Pod>> {
     let uid = function.metadata.uid.as_deref();
-    ctx.pods
-        .state()
-        .into_iter()
+    ctx.pod_index
+        .pods_of(key)
+        .iter()
+        .filter_map(|name| ctx.pods.get(&ObjectRef::new(name).within(&key.namespace)))
         .filter(|pod| {
-            pod.metadata.namespace.as_deref() == Some(namespace)
-                && pod.labels().get(FUNCTION_LABEL).map(String::as_str) == Some(name)
-                && pod
-                    .owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+            pod.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
         })
         .collect()
 }
@@ -323,28 +322,24 @@ fn core_pool(
     pool
 }
 
-/// The scaling settings of a Function. The CRD validates every duration;
-/// should one still fail to parse (an object stored before validation
-/// existed), the API's default stands in.
+/// The scaling settings of a Function, read through the spec's accessors
+/// (the same reading the activator uses).
 pub fn settings(function: &Function) -> Settings {
     let spec = &function.spec;
-    let defaults = Settings::default();
-    let to_u32 = |n: i32| u32::try_from(n).unwrap_or(0);
     Settings {
-        concurrency: to_u32(spec.concurrency),
-        target: spec.scaling.target,
-        min_instances: to_u32(spec.scaling.min_instances),
-        max_instances: to_u32(spec.scaling.max_instances),
-        warm_instances: to_u32(spec.scaling.warm_instances),
-        keep_alive: spec
-            .scaling
-            .keep_alive
-            .parse()
-            .unwrap_or(defaults.keep_alive),
-        timeout: spec.timeout.parse().unwrap_or(defaults.timeout),
+        concurrency: spec.concurrency(),
+        target: spec.target(),
+        min_instances: spec.min_instances(),
+        max_instances: spec.max_instances(),
+        warm_instances: spec.warm_instances(),
+        keep_alive: spec.keep_alive(),
+        timeout: spec.timeout(),
     }
 }
 
+/// Applies the Function's Service only when the cached one differs from
+/// what the controller wants (or is missing): an unchanged Service costs no
+/// API request.
 async fn apply_service(
     ctx: &Context,
     function: &Function,
@@ -352,6 +347,11 @@ async fn apply_service(
     name: &str,
 ) -> Result<(), Error> {
     let service = function_service(function, &ctx.config.activator_host);
+    let live = ctx.services.get(&ObjectRef::new(name).within(namespace));
+    if live.is_some_and(|live| service_is_current(&live, &service)) {
+        return Ok(());
+    }
+    ctx.metrics.writes.with_label_values(&["service"]).inc();
     Api::<Service>::namespaced(ctx.client.clone(), namespace)
         .patch(
             name,
@@ -364,6 +364,39 @@ async fn apply_service(
             source,
         })?;
     Ok(())
+}
+
+/// Whether `live` has everything `desired` sets: its labels, its owner, and
+/// the spec fields the controller owns (the API server fills in others).
+pub fn service_is_current(live: &Service, desired: &Service) -> bool {
+    let labels_kept = desired.metadata.labels.iter().flatten().all(|(k, v)| {
+        live.metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(k))
+            == Some(v)
+    });
+    let owned = desired
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .all(|owner| live.owner_references().contains(owner));
+    let (Some(live_spec), Some(spec)) = (&live.spec, &desired.spec) else {
+        return false;
+    };
+    let ports = |spec: &k8s_openapi::api::core::v1::ServiceSpec| {
+        spec.ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.port, p.protocol.clone()))
+            .collect::<Vec<_>>()
+    };
+    labels_kept
+        && owned
+        && live_spec.type_ == spec.type_
+        && live_spec.external_name == spec.external_name
+        && ports(live_spec) == ports(spec)
 }
 
 async fn apply_status(
@@ -402,6 +435,7 @@ async fn apply_status(
     if function.status.as_ref() == Some(&status) {
         return Ok(());
     }
+    ctx.metrics.writes.with_label_values(&["status"]).inc();
     let patch = json!({
         "apiVersion": "thaw.dev/v1alpha1",
         "kind": "Function",
@@ -439,4 +473,60 @@ fn record_gauges(ctx: &Context, namespace: &str, name: &str, decision: &Decision
         .panic
         .with_label_values(&[namespace, name])
         .set(i64::from(decision.panic));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function() -> Function {
+        serde_yaml::from_str(
+            "apiVersion: thaw.dev/v1alpha1\nkind: Function\nmetadata: {name: hello, namespace: ns, uid: u1}\nspec: {image: x}\n",
+        )
+        .expect("function")
+    }
+
+    #[test]
+    fn a_service_as_the_api_server_returns_it_is_current() {
+        let desired = function_service(&function(), "act.svc");
+        // What the API server adds does not make it differ.
+        let mut live = desired.clone();
+        live.metadata.resource_version = Some("7".into());
+        live.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("team".into(), "a".into());
+        if let Some(spec) = live.spec.as_mut() {
+            spec.session_affinity = Some("None".into());
+        }
+        assert!(service_is_current(&live, &desired));
+    }
+
+    #[test]
+    fn a_changed_service_is_not_current() {
+        let desired = function_service(&function(), "act.svc");
+        let changes: [fn(&mut Service); 4] = [
+            |s| s.metadata.labels = None,
+            |s| s.metadata.owner_references = None,
+            |s| {
+                if let Some(spec) = s.spec.as_mut() {
+                    spec.external_name = Some("elsewhere".into());
+                }
+            },
+            |s| {
+                if let Some(spec) = s.spec.as_mut() {
+                    spec.ports = None;
+                }
+            },
+        ];
+        for change in changes {
+            let mut live = desired.clone();
+            change(&mut live);
+            assert!(!service_is_current(&live, &desired), "{live:?}");
+        }
+        assert!(!service_is_current(
+            &function_service(&function(), "other"),
+            &desired
+        ));
+    }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api, Client, ResourceExt,
     core::DeserializeGuard,
@@ -25,7 +25,7 @@ use kube::{
 };
 use kube_lease_manager::LeaseManagerBuilder;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
-use thaw_core::{Clock, FunctionKey, StatsStore, SystemClock, Tuning};
+use thaw_core::{Autoscaler, Clock, FunctionKey, SystemClock, Tuning};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -34,7 +34,9 @@ use crate::{
     context::{Config, Context},
     error::Error,
     http::{self, HttpState},
+    lifecycle,
     metrics::Metrics,
+    pod_index::PodIndex,
     reconcile::reconcile,
     wake::Wakeups,
 };
@@ -67,7 +69,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let autoscaler = Arc::new(Mutex::new(StatsStore::new(Tuning::default(), clock.now())));
+    let autoscaler = Arc::new(Mutex::new(Autoscaler::new(Tuning::default(), clock.now())));
     let (wakeups, wake_rx) = Wakeups::new(metrics.wakeups_dropped.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,11 +109,7 @@ pub async fn run(
     // The pod cache fills from the start, on followers too, so a replica
     // that takes over decides within seconds instead of listing first.
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let cache = tokio::spawn(pod_cache(
-        client.clone(),
-        options.watch_namespace.clone(),
-        pod_writer,
-    ));
+    let (services, service_writer) = reflector::store::<Service>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -124,11 +122,21 @@ pub async fn run(
         metrics,
         config: options.config.clone(),
         pods,
+        pod_index: PodIndex::default(),
+        services,
         autoscaler,
         memory: Mutex::default(),
         clock,
         gates: crate::gate::GateClient::default(),
     });
+    // Every replica forgets deleted Functions (followers hold their stats).
+    lifecycle::start(client.clone(), options.watch_namespace.as_deref(), &ctx)?;
+    let cache = tokio::spawn(pod_cache(
+        client.clone(),
+        options.watch_namespace.clone(),
+        pod_writer,
+        ctx.clone(),
+    ));
 
     // One stop signal for everything: SIGTERM, or losing the Lease.
     let stop_on_signal = stop_tx.clone();
@@ -166,6 +174,7 @@ pub async fn run(
             client.clone(),
             options.watch_namespace.as_deref(),
             ctx.clone(),
+            service_writer,
             wake_rx,
             stopped(stop_rx.clone()),
         )
@@ -190,7 +199,7 @@ pub async fn run(
 async fn expect_activators(
     pods: Api<Pod>,
     selector: String,
-    autoscaler: Arc<Mutex<StatsStore>>,
+    autoscaler: Arc<Mutex<Autoscaler>>,
     clock: Arc<dyn Clock>,
 ) {
     watcher(pods, watcher::Config::default().labels(&selector))
@@ -226,24 +235,40 @@ async fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
+    service_writer: reflector::store::Writer<Service>,
     wake: mpsc::Receiver<FunctionKey>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (functions, pods) = match namespace {
+    let (functions, pods, services) = match namespace {
         Some(ns) => (
             Api::<DeserializeGuard<Function>>::namespaced(client.clone(), ns),
-            Api::<Pod>::namespaced(client, ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
+    // Function Services: the cache reconcile compares with (so a Service is
+    // applied only when it differs), and a trigger when one is changed or
+    // deleted behind the controller's back.
+    let services = reflector::reflector(
+        service_writer,
+        watcher(services, watcher::Config::default().labels(FUNCTION_LABEL)),
+    )
+    .default_backoff()
+    .touched_objects();
     // The controller's own watch of owned pods only triggers reconciles;
-    // they read pods from the cache `pod_cache` keeps.
+    // they read pods from the cache (and index) `pod_cache` keeps.
     let instance_pods = watcher::Config::default().labels(FUNCTION_LABEL);
     let mut wake = wake;
     let wakeups = futures::stream::poll_fn(move |cx| wake.poll_recv(cx))
         .map(|key| ObjectRef::new(&key.name).within(&key.namespace));
     Controller::new(functions, watcher::Config::default().any_semantic())
         .owns(pods, instance_pods)
+        .owns_stream(services)
         .reconcile_on(wakeups)
         .graceful_shutdown_on(stop)
         .run(reconcile_guarded, error_policy, ctx)
@@ -260,11 +285,13 @@ async fn controller(
         .await;
 }
 
-/// Keeps the instance pod cache reconciles read from, until aborted.
+/// Keeps the instance pod cache and its index by Function, which
+/// reconciles read from, until aborted.
 async fn pod_cache(
     client: Client,
     namespace: Option<String>,
     writer: reflector::store::Writer<Pod>,
+    ctx: Arc<Context>,
 ) {
     let pods = match &namespace {
         Some(ns) => Api::<Pod>::namespaced(client, ns),
@@ -275,7 +302,12 @@ async fn pod_cache(
         watcher(pods, watcher::Config::default().labels(FUNCTION_LABEL)),
     )
     .default_backoff()
-    .for_each(|_| std::future::ready(()))
+    .for_each(move |event| {
+        if let Ok(event) = &event {
+            ctx.pod_index.apply(event);
+        }
+        std::future::ready(())
+    })
     .await;
 }
 

@@ -3,7 +3,7 @@
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
-    jiff::Timestamp,
+    jiff::{SignedDuration, Timestamp},
 };
 use thaw_api::{FunctionStatus, InstanceCounts};
 use thaw_core::Counts;
@@ -76,7 +76,35 @@ pub fn build_status(observed: &Observed<'_>) -> FunctionStatus {
             draining: to_i32(counts.draining),
         }),
         desired_instances: Some(to_i32(observed.desired)),
-        last_request_time: observed.last_request.map(Time),
+        last_request_time: coarse_last_request(
+            observed.last_request,
+            observed
+                .previous
+                .and_then(|s| s.last_request_time.as_ref())
+                .map(|t| t.0),
+        )
+        .map(Time),
+    }
+}
+
+/// `lastRequestTime` moves in steps of this, so a Function with steady
+/// traffic costs a status write a minute, not one per report.
+pub const LAST_REQUEST_GRANULARITY: SignedDuration = SignedDuration::from_secs(60);
+
+/// The `lastRequestTime` to write: the one already written while the latest
+/// request is less than [`LAST_REQUEST_GRANULARITY`] after it (or before it:
+/// the time never goes back).
+pub fn coarse_last_request(
+    latest: Option<Timestamp>,
+    written: Option<Timestamp>,
+) -> Option<Timestamp> {
+    match (latest, written) {
+        (Some(latest), Some(written))
+            if latest.duration_since(written) < LAST_REQUEST_GRANULARITY =>
+        {
+            Some(written)
+        }
+        (latest, written) => latest.or(written),
     }
 }
 
@@ -138,6 +166,17 @@ fn to_i32(n: u32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_request_time_moves_a_minute_at_a_time() {
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        assert_eq!(coarse_last_request(None, None), None);
+        assert_eq!(coarse_last_request(Some(t(0)), None), Some(t(0)));
+        assert_eq!(coarse_last_request(None, Some(t(0))), Some(t(0)));
+        assert_eq!(coarse_last_request(Some(t(59)), Some(t(0))), Some(t(0)));
+        assert_eq!(coarse_last_request(Some(t(60)), Some(t(0))), Some(t(60)));
+        assert_eq!(coarse_last_request(Some(t(-5)), Some(t(0))), Some(t(0)));
+    }
 
     fn observed(counts: Counts, trouble: Option<Trouble>) -> Observed<'static> {
         Observed {

@@ -11,8 +11,8 @@ use std::{
 
 use crate::{
     duration::GoStyle,
-    merge::{ActivatorView, FunctionView},
-    stats::InstanceReport,
+    stats::{FunctionReport, InstanceReport},
+    view::{ActivatorView, FunctionView, PanicState, ScalerMemory, Tuning},
 };
 
 /// Longest keep-alive or timeout the decision takes seriously; longer
@@ -47,7 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             concurrency: 1,
-            target: 0.7,
+            target: DEFAULT_TARGET,
             min_instances: 0,
             max_instances: 100,
             warm_instances: 0,
@@ -58,20 +58,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Concurrency each instance is sized for: `concurrency × target`, or
-    /// `soft_target × target` when concurrency is unlimited.
+    /// Concurrency each instance is sized for: [`per_instance_target`].
     pub fn capacity(&self, soft_target: f64) -> f64 {
-        let target = if self.target.is_finite() && self.target > 0.0 {
-            self.target.min(1.0)
-        } else {
-            1.0
-        };
-        let per_instance = if self.concurrency == 0 {
-            soft_target
-        } else {
-            f64::from(self.concurrency)
-        };
-        (per_instance * target).max(f64::MIN_POSITIVE)
+        per_instance_target(self.concurrency, self.target, soft_target).max(f64::MIN_POSITIVE)
     }
 
     fn clamped(&self) -> Self {
@@ -82,6 +71,28 @@ impl Settings {
         }
     }
 }
+
+/// Concurrency each instance is sized for: `concurrency × target`, or
+/// `soft_target × target` when concurrency is 0 (unlimited). A target above 1
+/// reads as 1; one not above 0 (or not a number) as the default 0.7. The one
+/// formula: the controller's settings and the activator's packing both use
+/// it (through `thaw_api`'s spec accessors).
+pub fn per_instance_target(concurrency: u32, target: f64, soft_target: f64) -> f64 {
+    let target = if target.is_finite() && target > 0.0 {
+        target.min(1.0)
+    } else {
+        DEFAULT_TARGET
+    };
+    let base = if concurrency == 0 {
+        soft_target
+    } else {
+        f64::from(concurrency)
+    };
+    base * target
+}
+
+/// The Function API's default `scaling.target`.
+pub const DEFAULT_TARGET: f64 = 0.7;
 
 /// Where an instance is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,24 +255,6 @@ pub struct Counts {
     pub draining: u32,
 }
 
-/// Panic mode's memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PanicState {
-    /// When it started.
-    pub since: Instant,
-    /// The last decision that found the panic window over the threshold;
-    /// panic ends a stable window after it.
-    pub last_trigger: Instant,
-    /// The most instances wanted during the panic: desired never goes below.
-    pub max_desired: u32,
-}
-
-/// What the autoscaler carries from one decision of a Function to the next.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScalerMemory {
-    pub panic: Option<PanicState>,
-}
-
 /// What to do with one Function now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
@@ -286,7 +279,7 @@ pub struct Decision {
     pub silent: Vec<String>,
     /// One line for logs and events, e.g. `scaled 0 -> 3: 7 requests waiting`.
     pub summary: String,
-    /// Store it for the next decision ([`crate::StatsStore::remember`]).
+    /// Store it for the next decision (the [`crate::Autoscaler`] does).
     pub memory: ScalerMemory,
 }
 
@@ -348,65 +341,169 @@ fn reap_order(a: &Ready<'_>, b: &Ready<'_>) -> std::cmp::Ordering {
         .then(a.instance.id.cmp(&b.instance.id))
 }
 
+/// Everything a decision reads, evaluated once: the settings (clamped), the
+/// activators classified and the ready instances with their idle clocks.
+struct Scene<'a> {
+    settings: Settings,
+    tuning: &'a Tuning,
+    view: &'a FunctionView,
+    pool: &'a [Instance],
+    now: Instant,
+    /// An activator silent this long is forgotten; a draining instance is
+    /// deleted after this long regardless.
+    forget_after: Duration,
+    activators: Vec<Seen<'a>>,
+    ready: Vec<Ready<'a>>,
+}
+
+impl<'a> Scene<'a> {
+    fn new(
+        settings: &Settings,
+        pool: &'a [Instance],
+        view: &'a FunctionView,
+        now: Instant,
+    ) -> Self {
+        let settings = settings.clamped();
+        let tuning = &view.tuning;
+        let forget_after = settings.timeout + tuning.forget_margin;
+        let activators: Vec<Seen<'a>> = view
+            .activators
+            .iter()
+            .map(|view| {
+                let silence = now.saturating_duration_since(view.last_seen);
+                Seen {
+                    view,
+                    fresh: silence <= tuning.stale_after,
+                    forgotten: silence > forget_after,
+                    forget_at: view.last_seen + forget_after,
+                    fenced_at: view.last_seen + tuning.stale_after,
+                }
+            })
+            .collect();
+        let ready = pool
+            .iter()
+            .filter_map(|instance| match instance.phase {
+                Phase::Ready { since } => {
+                    Some(evaluate(instance, since, &activators, view, &settings))
+                }
+                _ => None,
+            })
+            .collect();
+        Self {
+            settings,
+            tuning,
+            view,
+            pool,
+            now,
+            forget_after,
+            activators,
+            ready,
+        }
+    }
+
+    /// This Function's entries in the reports of fresh activators.
+    fn fresh_functions(&self) -> impl Iterator<Item = &FunctionReport> {
+        self.activators
+            .iter()
+            .filter(|a| a.fresh)
+            .filter_map(|a| a.view.function.as_ref())
+    }
+
+    /// Activators silent, not yet forgotten: while there is one, nothing is
+    /// reaped.
+    fn silent(&self) -> impl Iterator<Item = &Seen<'a>> {
+        self.activators.iter().filter(|a| !a.fresh && !a.forgotten)
+    }
+
+    fn busy(&self) -> u32 {
+        count(self.ready.iter().filter(|r| r.busy))
+    }
+
+    /// Current-spec instances that are not draining (starting or ready).
+    fn current_live(&self) -> u32 {
+        count(
+            self.pool
+                .iter()
+                .filter(|i| i.current && !matches!(i.phase, Phase::Draining { .. })),
+        )
+    }
+
+    fn observing(&self) -> bool {
+        self.view
+            .observing_until
+            .is_some_and(|until| self.now < until)
+    }
+}
+
 /// Decides what to do with one Function at `now`; see the crate docs and
-/// `docs/autoscaler.md`.
+/// `docs/autoscaler.md`. Each phase is its own function: the desired count,
+/// rollout, reaping by keep-alive, deleting drained instances, then what the
+/// instances that stay are told, when to decide again, and the summary.
 pub fn decide(
     settings: &Settings,
     pool: &[Instance],
     view: &FunctionView,
     now: Instant,
 ) -> Decision {
-    let settings = settings.clamped();
-    let tuning = &view.tuning;
-    let forget_after = settings.timeout + tuning.forget_margin;
-    let activators: Vec<Seen<'_>> = view
-        .activators
-        .iter()
-        .map(|view| {
-            let silence = now.saturating_duration_since(view.last_seen);
-            Seen {
-                view,
-                fresh: silence <= tuning.stale_after,
-                forgotten: silence > forget_after,
-                forget_at: view.last_seen + forget_after,
-                fenced_at: view.last_seen + tuning.stale_after,
-            }
-        })
-        .collect();
-    let known = || activators.iter().filter(|a| !a.forgotten);
-    let silent: Vec<&Seen<'_>> = activators
-        .iter()
-        .filter(|a| !a.fresh && !a.forgotten)
-        .collect();
+    let scene = Scene::new(settings, pool, view, now);
+    let demand = desired_count(&scene);
+    let (mut drain, retired) = rollout(&scene, demand.desired);
+    let reaping = reap(&scene, &demand, &retired);
+    drain.extend(reaping.drain.iter().cloned());
+    let (delete, drain_wakeups) = delete_drained(&scene);
+    let expiries = expiries(&reaping);
+    let next_wakeup = next_wakeup(&scene, &demand, &reaping, &expiries, drain_wakeups);
+    let current_live = scene.current_live();
+    let summary = summarize(&scene, &demand, current_live, &drain, &delete);
+    Decision {
+        desired: demand.desired,
+        create: demand.desired.saturating_sub(current_live),
+        drain,
+        delete,
+        panic: demand.panic.is_some(),
+        expiries,
+        next_wakeup,
+        counts: counts(&scene),
+        silent: scene.silent().map(|a| a.view.id.clone()).collect(),
+        summary,
+        memory: ScalerMemory {
+            panic: demand.panic,
+        },
+    }
+}
 
-    // Ready instances: busy or idle, and since when.
-    let ready: Vec<Ready<'_>> = pool
-        .iter()
-        .filter_map(|instance| match instance.phase {
-            Phase::Ready { since } => Some(evaluate(instance, since, &activators, view, &settings)),
-            _ => None,
-        })
-        .collect();
-    let busy = count(ready.iter().filter(|r| r.busy));
+/// The desired count and why, with panic mode's new state.
+struct Demand {
+    desired: u32,
+    /// Before the `maxInstances` cap.
+    wanted: u32,
+    why: Why,
+    /// Concurrency each instance is sized for.
+    capacity: f64,
+    panic: Option<PanicState>,
+}
 
-    // Demand: waiting requests, windowed concurrency, floors.
-    let fresh_functions = || {
-        activators
-            .iter()
-            .filter(|a| a.fresh)
-            .filter_map(|a| a.view.function.as_ref())
-    };
-    let waiting = fresh_functions().fold(0u32, |sum, f| sum.saturating_add(f.waiting));
+/// Phase 1: how many current-spec instances the Function wants — the largest
+/// of the floors, the busy instances (plus warm ones), the waiting requests
+/// and, while there is traffic, the windowed demand — capped by
+/// `maxInstances`.
+fn desired_count(s: &Scene<'_>) -> Demand {
+    let (settings, tuning, view, now) = (&s.settings, s.tuning, s.view, s.now);
+    let busy = s.busy();
+    let waiting = s
+        .fresh_functions()
+        .fold(0u32, |sum, f| sum.saturating_add(f.waiting));
     // Requests occupying ready instances; those on draining instances take
     // no capacity a waiting request could use.
-    let in_flight: u64 = ready.iter().map(|r| u64::from(r.in_flight)).sum();
+    let in_flight: u64 = s.ready.iter().map(|r| u64::from(r.in_flight)).sum();
     let capacity = settings.capacity(tuning.soft_target);
     let stable_want = instances_for(view.stable, capacity);
     let panic_want = instances_for(view.panic, capacity);
 
     let over_threshold = panic_want > 0
-        && f64::from(panic_want) >= tuning.panic_threshold * f64::from(count(ready.iter()).max(1));
-    let mut panic_state = match (view.memory.panic, over_threshold) {
+        && f64::from(panic_want)
+            >= tuning.panic_threshold * f64::from(count(s.ready.iter()).max(1));
+    let mut panic = match (view.memory.panic, over_threshold) {
         (Some(state), true) => Some(PanicState {
             last_trigger: now,
             ..state
@@ -445,12 +542,13 @@ pub fn decide(
     // exactly its keep-alive past its own last request: a window still
     // remembering the last burst must not keep instances (or create them).
     let active = waiting > 0
-        || ready.iter().any(|r| r.in_flight > 0)
-        || fresh_functions().any(|f| f.requests > 0 || f.concurrency > 0.0);
+        || s.ready.iter().any(|r| r.in_flight > 0)
+        || s.fresh_functions()
+            .any(|f| f.requests > 0 || f.concurrency > 0.0);
     if !active {
-        panic_state = None;
+        panic = None;
     }
-    match panic_state {
+    match panic {
         _ if !active => {}
         Some(state) => terms.push((
             panic_want.max(stable_want).max(state.max_desired),
@@ -476,71 +574,93 @@ pub fn decide(
             |best, term| if term.0 > best.0 { term } else { best },
         );
     let desired = wanted.min(settings.max_instances);
-    if let Some(state) = panic_state.as_mut() {
+    if let Some(state) = panic.as_mut() {
         state.max_desired = state.max_desired.max(desired);
     }
-
-    // Rollout: once a current instance is ready, replace the old ones,
-    // keeping the busiest old ones only while current ready instances are
-    // fewer than desired.
-    let mut drain = Vec::new();
-    let current_live = count(
-        pool.iter()
-            .filter(|i| i.current && !matches!(i.phase, Phase::Draining { .. })),
-    );
-    let current_ready = count(ready.iter().filter(|r| r.instance.current));
-    let mut retired = BTreeSet::new();
-    if current_ready > 0 {
-        let mut old: Vec<&Ready<'_>> = ready.iter().filter(|r| !r.instance.current).collect();
-        old.sort_by(|a, b| {
-            b.in_flight
-                .cmp(&a.in_flight)
-                .then(b.instance.created.cmp(&a.instance.created))
-                .then(a.instance.id.cmp(&b.instance.id))
-        });
-        let keep = desired.saturating_sub(current_ready) as usize;
-        let outdated_starting = pool
-            .iter()
-            .filter(|i| !i.current && i.phase == Phase::Starting);
-        for instance in old
-            .iter()
-            .skip(keep)
-            .map(|r| r.instance)
-            .chain(outdated_starting)
-        {
-            retired.insert(instance.id.as_str());
-            drain.push(Action {
-                instance: instance.id.clone(),
-                reason: Reason::Rollout,
-            });
-        }
+    Demand {
+        desired,
+        wanted,
+        why,
+        capacity,
+        panic,
     }
+}
 
-    // Keep-alive: reap expired idle instances, longest idle first (outdated
-    // ones before current ones), while ready instances stay at desired.
-    let serving: Vec<&Ready<'_>> = ready
+/// Phase 2, rollout: once a current instance is ready, replace the old ones,
+/// keeping the busiest old ones only while current ready instances are
+/// fewer than desired. Returns the drains and the instances they retire.
+fn rollout<'s>(s: &'s Scene<'_>, desired: u32) -> (Vec<Action>, BTreeSet<&'s str>) {
+    let mut drain = Vec::new();
+    let mut retired = BTreeSet::new();
+    let current_ready = count(s.ready.iter().filter(|r| r.instance.current));
+    if current_ready == 0 {
+        return (drain, retired);
+    }
+    let mut old: Vec<&Ready<'_>> = s.ready.iter().filter(|r| !r.instance.current).collect();
+    old.sort_by(|a, b| {
+        b.in_flight
+            .cmp(&a.in_flight)
+            .then(b.instance.created.cmp(&a.instance.created))
+            .then(a.instance.id.cmp(&b.instance.id))
+    });
+    let keep = desired.saturating_sub(current_ready) as usize;
+    let outdated_starting = s
+        .pool
+        .iter()
+        .filter(|i| !i.current && i.phase == Phase::Starting);
+    for instance in old
+        .iter()
+        .skip(keep)
+        .map(|r| r.instance)
+        .chain(outdated_starting)
+    {
+        retired.insert(instance.id.as_str());
+        drain.push(Action {
+            instance: instance.id.clone(),
+            reason: Reason::Rollout,
+        });
+    }
+    (drain, retired)
+}
+
+/// What reaping decided.
+struct Reaping<'s> {
+    /// Ready instances not retired by the rollout.
+    serving: Vec<&'s Ready<'s>>,
+    drain: Vec<Action>,
+    reaped: BTreeSet<&'s str>,
+    /// Idle instances kept, with why.
+    holds: Vec<(&'s str, Hold)>,
+}
+
+/// Phase 3, keep-alive: drain expired idle instances, longest idle first
+/// (outdated ones before current ones), while ready instances stay at
+/// desired; and note which idle instances a hold keeps.
+fn reap<'s>(s: &'s Scene<'_>, demand: &Demand, retired: &BTreeSet<&str>) -> Reaping<'s> {
+    let serving: Vec<&'s Ready<'s>> = s
+        .ready
         .iter()
         .filter(|r| !retired.contains(r.instance.id.as_str()))
         .collect();
-    let mut allowed = (serving.len() as u64).saturating_sub(u64::from(desired));
-    let observing = view.observing_until.is_some_and(|until| now < until);
-    let blocked = if panic_state.is_some() {
+    let mut allowed = (serving.len() as u64).saturating_sub(u64::from(demand.desired));
+    let blocked = if demand.panic.is_some() {
         Some(Hold::Panic)
-    } else if observing {
+    } else if s.observing() {
         Some(Hold::Observing)
     } else {
         None
     };
-    let floor_hold = match why {
-        Why::Floor if settings.min_instances > 0 => Hold::MinInstances,
+    let floor_hold = match demand.why {
+        Why::Floor if s.settings.min_instances > 0 => Hold::MinInstances,
         Why::Floor | Why::Busy { .. } => Hold::WarmInstances,
         Why::Demand { .. } | Why::Waiting { .. } | Why::Nothing => Hold::Demand,
     };
     let mut expired: Vec<&&Ready<'_>> = serving
         .iter()
-        .filter(|r| !r.busy && r.expires_at <= now)
+        .filter(|r| !r.busy && r.expires_at <= s.now)
         .collect();
     expired.sort_by(|a, b| reap_order(a, b));
+    let mut drain = Vec::new();
     let mut reaped = BTreeSet::new();
     let mut holds = Vec::new();
     for r in expired {
@@ -551,38 +671,64 @@ pub fn decide(
                 drain.push(Action {
                     instance: r.instance.id.clone(),
                     reason: Reason::KeepAlive {
-                        idle: now.saturating_duration_since(r.idle_since),
-                        keep_alive: settings.keep_alive,
+                        idle: s.now.saturating_duration_since(r.idle_since),
+                        keep_alive: s.settings.keep_alive,
                     },
                 });
             }
             _ => holds.push((r.instance.id.as_str(), blocked.unwrap_or(floor_hold))),
         }
     }
+    // Idle instances not yet expired that the floor will keep anyway: the
+    // ones after the first `allowed` in reap order. They get no expiry, so
+    // nobody is told an instance kept by minInstances will be destroyed.
+    let mut waiting_to_expire: Vec<&&Ready<'_>> = serving
+        .iter()
+        .filter(|r| !r.busy && r.expires_at > s.now)
+        .collect();
+    waiting_to_expire.sort_by(|a, b| reap_order(a, b));
+    if !matches!(floor_hold, Hold::Demand) {
+        for r in waiting_to_expire
+            .into_iter()
+            .skip(usize::try_from(allowed).unwrap_or(usize::MAX))
+        {
+            holds.push((r.instance.id.as_str(), floor_hold));
+        }
+    }
+    Reaping {
+        serving,
+        drain,
+        reaped,
+        holds,
+    }
+}
 
-    // Draining -> deleted: every activator still remembered confirms, or
-    // the timeout (plus margin) has passed.
+/// Phase 4, draining -> deleted: every activator still remembered confirms
+/// it places nothing on the instance and has nothing in flight on it, or
+/// the timeout (plus margin) has passed. Also returns when undecided drains
+/// time out.
+fn delete_drained(s: &Scene<'_>) -> (Vec<Action>, Vec<Instant>) {
     let mut delete = Vec::new();
-    let mut wakeups: Vec<Instant> = Vec::new();
-    let drain_limit = forget_after;
-    for instance in pool {
+    let mut wakeups = Vec::new();
+    let limit = s.forget_after;
+    for instance in s.pool {
         let Phase::Draining { since } = instance.phase else {
             continue;
         };
-        let draining_for = now.saturating_duration_since(since);
-        let confirmed = known().all(|a| {
+        let draining_for = s.now.saturating_duration_since(since);
+        let confirmed = s.activators.iter().filter(|a| !a.forgotten).all(|a| {
             a.listing(&instance.id)
                 .is_none_or(|i| i.draining && !i.is_busy())
         });
         let reason = if confirmed {
             Some(Reason::Drained { draining_for })
-        } else if draining_for >= drain_limit {
+        } else if draining_for >= limit {
             Some(Reason::DrainTimeout {
                 draining_for,
-                limit: drain_limit,
+                limit,
             })
         } else {
-            wakeups.push(since + drain_limit);
+            wakeups.push(since + limit);
             None
         };
         if let Some(reason) = reason {
@@ -592,30 +738,18 @@ pub fn decide(
             });
         }
     }
+    (delete, wakeups)
+}
 
-    // Idle instances not yet expired that the floor will keep anyway: the
-    // ones after the first `allowed` in reap order. They get no expiry, so
-    // nobody is told an instance kept by minInstances will be destroyed.
-    let mut waiting_to_expire: Vec<&&Ready<'_>> = serving
+/// Phase 5: the expiries of the ready instances that stay.
+fn expiries(reaping: &Reaping<'_>) -> Vec<Expiry> {
+    reaping
+        .serving
         .iter()
-        .filter(|r| !r.busy && r.expires_at > now)
-        .collect();
-    waiting_to_expire.sort_by(|a, b| reap_order(a, b));
-    for r in waiting_to_expire
-        .into_iter()
-        .skip(usize::try_from(allowed).unwrap_or(usize::MAX))
-    {
-        if !matches!(floor_hold, Hold::Demand) {
-            holds.push((r.instance.id.as_str(), floor_hold));
-        }
-    }
-
-    // Expiries of the ready instances that stay.
-    let expiries: Vec<Expiry> = serving
-        .iter()
-        .filter(|r| !reaped.contains(r.instance.id.as_str()))
+        .filter(|r| !reaping.reaped.contains(r.instance.id.as_str()))
         .map(|r| {
-            let held = holds
+            let held = reaping
+                .holds
                 .iter()
                 .find(|(id, _)| *id == r.instance.id)
                 .map(|(_, hold)| *hold);
@@ -629,59 +763,47 @@ pub fn decide(
                 held,
             }
         })
-        .collect();
+        .collect()
+}
 
+/// Phase 6: the earliest instant the decision could change without new
+/// stats.
+fn next_wakeup(
+    s: &Scene<'_>,
+    demand: &Demand,
+    reaping: &Reaping<'_>,
+    expiries: &[Expiry],
+    mut wakeups: Vec<Instant>,
+) -> Option<Instant> {
     wakeups.extend(
         expiries
             .iter()
             .filter_map(|e| e.expires_at)
-            .filter(|at| *at > now),
+            .filter(|at| *at > s.now),
     );
-    if observing && !holds.is_empty() {
-        wakeups.extend(view.observing_until);
+    if s.observing() && !reaping.holds.is_empty() {
+        wakeups.extend(s.view.observing_until);
     }
-    if let Some(state) = panic_state {
-        wakeups.push(state.last_trigger + tuning.stable_window);
+    if let Some(state) = demand.panic {
+        wakeups.push(state.last_trigger + s.tuning.stable_window);
     }
-    wakeups.extend(silent.iter().map(|a| a.forget_at));
-    let next_wakeup = wakeups.into_iter().filter(|at| *at > now).min();
+    wakeups.extend(s.silent().map(|a| a.forget_at));
+    wakeups.into_iter().filter(|at| *at > s.now).min()
+}
 
-    let counts = Counts {
-        starting: count(pool.iter().filter(|i| i.phase == Phase::Starting)),
-        ready: count(ready.iter()),
+fn counts(s: &Scene<'_>) -> Counts {
+    let ready = count(s.ready.iter());
+    let busy = s.busy();
+    Counts {
+        starting: count(s.pool.iter().filter(|i| i.phase == Phase::Starting)),
+        ready,
         busy,
-        idle: count(ready.iter()) - busy,
+        idle: ready - busy,
         draining: count(
-            pool.iter()
+            s.pool
+                .iter()
                 .filter(|i| matches!(i.phase, Phase::Draining { .. })),
         ),
-    };
-    let create = desired.saturating_sub(current_live);
-    let silent_ids: Vec<String> = silent.iter().map(|a| a.view.id.clone()).collect();
-    let summary = summarize(Summary {
-        settings: &settings,
-        capacity,
-        current_live,
-        desired,
-        wanted,
-        why,
-        drain: &drain,
-        delete: &delete,
-        silent: &silent,
-        now,
-    });
-    Decision {
-        desired,
-        create,
-        drain,
-        delete,
-        panic: panic_state.is_some(),
-        expiries,
-        next_wakeup,
-        counts,
-        silent: silent_ids,
-        summary,
-        memory: ScalerMemory { panic: panic_state },
     }
 }
 
@@ -736,22 +858,16 @@ fn evaluate<'a>(
     }
 }
 
-struct Summary<'a> {
-    settings: &'a Settings,
-    capacity: f64,
+/// Phase 7: one line for logs and events.
+fn summarize(
+    s: &Scene<'_>,
+    demand: &Demand,
     current_live: u32,
-    desired: u32,
-    wanted: u32,
-    why: Why,
-    drain: &'a [Action],
-    delete: &'a [Action],
-    silent: &'a [&'a Seen<'a>],
-    now: Instant,
-}
-
-fn summarize(s: Summary<'_>) -> String {
-    let settings = s.settings;
-    let mut why = match s.why {
+    drain: &[Action],
+    delete: &[Action],
+) -> String {
+    let settings = &s.settings;
+    let mut why = match demand.why {
         Why::Nothing => "no demand".to_owned(),
         Why::Floor => match (settings.min_instances, settings.warm_instances) {
             (min, 0) => format!("minInstances {min}"),
@@ -767,31 +883,32 @@ fn summarize(s: Summary<'_>) -> String {
             "{}concurrency {observed:.2} over {}, {:.2} per instance",
             if panic { "panic: " } else { "" },
             GoStyle(window),
-            s.capacity
+            demand.capacity
         ),
         Why::Waiting { waiting: 1 } => "1 request waiting".to_owned(),
         Why::Waiting { waiting } => format!("{waiting} requests waiting"),
     };
-    if s.wanted > s.desired {
+    let desired = demand.desired;
+    if demand.wanted > desired {
         why.push_str(&format!(
             " (wants {}, capped at maxInstances {})",
-            s.wanted, settings.max_instances
+            demand.wanted, settings.max_instances
         ));
     }
-    let mut out = if s.desired > s.current_live {
-        format!("scaled {} -> {}: {why}", s.current_live, s.desired)
-    } else if s.desired == s.current_live {
-        format!("steady at {}: {why}", s.desired)
+    let mut out = if desired > current_live {
+        format!("scaled {current_live} -> {desired}: {why}")
+    } else if desired == current_live {
+        format!("steady at {desired}: {why}")
     } else {
-        format!("{} live, desired {}: {why}", s.current_live, s.desired)
+        format!("{current_live} live, desired {desired}: {why}")
     };
-    for action in s.drain {
+    for action in drain {
         out.push_str(&format!("; drain {action}"));
     }
-    for action in s.delete {
+    for action in delete {
         out.push_str(&format!("; delete {action}"));
     }
-    for a in s.silent {
+    for a in s.silent() {
         out.push_str(&format!(
             "; activator {} silent {}: reaping paused",
             a.view.id,

@@ -5,6 +5,11 @@
 //! activator's and the operator's clocks need not agree: the operator turns
 //! them into instants by subtracting from the moment it received the report.
 //!
+//! An activator reports only what it saw itself: an instance it has had no
+//! request on since it started carries no idle time at all, so a new or
+//! restarted activator never claims an instance idle since its own start
+//! (which would move the instance's keep-alive later).
+//!
 //! The message is versioned. `version` is the first field a sender writes;
 //! a receiver rejects any version but [`REPORT_VERSION`] with
 //! [`StatsError::UnsupportedVersion`], raised while deserializing as soon as
@@ -13,7 +18,7 @@
 use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 /// The only report version this build reads and writes.
-pub const REPORT_VERSION: u32 = 1;
+pub const REPORT_VERSION: u32 = 2;
 
 /// Everything one activator replica reports, sent every report interval
 /// (about a second) and at once when a request starts waiting for a
@@ -26,10 +31,13 @@ pub struct ActivatorReport {
     pub version: u32,
     /// The replica's id, unique among live activators (its pod name).
     pub activator: String,
-    /// Counts up by one per report, from 0 when the activator process
-    /// starts. The operator drops a report whose sequence is not above the
-    /// last one it accepted from the same activator (a duplicate or a late
-    /// retry), except 0, which means the activator restarted.
+    /// Random per process start: a report with an epoch the operator has not
+    /// seen from this activator means it restarted, whatever its sequence
+    /// (so a lost first report does not hide a restart).
+    pub epoch: u64,
+    /// Counts up by one per report within an epoch, from 0. The operator
+    /// drops a report whose sequence is not above the last one it accepted
+    /// from the same epoch (a duplicate or a late retry).
     pub sequence: u64,
     /// Length of the time the report covers, ending when it was sent: the
     /// time since the previous report. Every function's `concurrency` is an
@@ -81,9 +89,9 @@ pub struct InstanceReport {
     /// Requests this activator has in flight on the instance.
     #[serde(default)]
     pub in_flight: u32,
-    /// How long the instance has had nothing in flight from this activator
-    /// (since its last request ended, or since this activator learned of
-    /// it); absent while busy.
+    /// How long ago this activator's last request on the instance ended;
+    /// absent while one is in flight, and absent when this activator has had
+    /// no request on it since it started (it knows nothing of its idle time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_for_ms: Option<u64>,
     /// This activator has seen the instance marked draining and places
@@ -116,10 +124,11 @@ pub enum StatsError {
 
 impl ActivatorReport {
     /// An empty report of the current version.
-    pub fn new(activator: impl Into<String>, sequence: u64, interval_ms: u64) -> Self {
+    pub fn new(activator: impl Into<String>, epoch: u64, sequence: u64, interval_ms: u64) -> Self {
         Self {
             version: REPORT_VERSION,
             activator: activator.into(),
+            epoch,
             sequence,
             interval_ms,
             poke: false,
@@ -178,7 +187,19 @@ impl InstanceReport {
         }
     }
 
-    /// An instance with nothing in flight from this activator for `idle_for_ms`.
+    /// An instance this activator knows but has had no request on since it
+    /// started.
+    pub fn unused(pod: impl Into<String>) -> Self {
+        Self {
+            pod: pod.into(),
+            in_flight: 0,
+            idle_for_ms: None,
+            draining: false,
+        }
+    }
+
+    /// An instance whose last request from this activator ended
+    /// `idle_for_ms` ago.
     pub fn idle(pod: impl Into<String>, idle_for_ms: u64) -> Self {
         Self {
             pod: pod.into(),
@@ -188,10 +209,9 @@ impl InstanceReport {
         }
     }
 
-    /// Whether this activator has anything in flight on the instance. A
-    /// report without `idleForMs` counts as busy even at 0 in flight.
+    /// Whether this activator has anything in flight on the instance.
     pub fn is_busy(&self) -> bool {
-        self.in_flight > 0 || self.idle_for_ms.is_none()
+        self.in_flight > 0
     }
 }
 
@@ -213,16 +233,20 @@ mod tests {
     use super::*;
 
     fn sample() -> ActivatorReport {
-        let mut report = ActivatorReport::new("activator-0", 7, 1000);
+        let mut report = ActivatorReport::new("activator-0", 42, 7, 1000);
         let mut function = FunctionReport::new("default", "hello");
         function.waiting = 2;
         function.concurrency = 1.5;
         function.requests = 12;
-        function.instances = vec![InstanceReport::busy("hello-a", 1), {
-            let mut idle = InstanceReport::idle("hello-b", 2500);
-            idle.draining = true;
-            idle
-        }];
+        function.instances = vec![
+            InstanceReport::busy("hello-a", 1),
+            InstanceReport::unused("hello-c"),
+            {
+                let mut idle = InstanceReport::idle("hello-b", 2500);
+                idle.draining = true;
+                idle
+            },
+        ];
         report.functions.push(function);
         report
     }
@@ -233,8 +257,9 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
-                "version": 1,
+                "version": 2,
                 "activator": "activator-0",
+                "epoch": 42,
                 "sequence": 7,
                 "intervalMs": 1000,
                 "functions": [{
@@ -245,6 +270,7 @@ mod tests {
                     "requests": 12,
                     "instances": [
                         {"pod": "hello-a", "inFlight": 1},
+                        {"pod": "hello-c", "inFlight": 0},
                         {"pod": "hello-b", "inFlight": 0, "idleForMs": 2500, "draining": true}
                     ]
                 }]
@@ -252,7 +278,7 @@ mod tests {
         );
         let text = serde_json::to_string(&sample()).unwrap();
         assert!(
-            text.starts_with(r#"{"version":1,"#),
+            text.starts_with(r#"{"version":2,"#),
             "version comes first: {text}"
         );
         let back: ActivatorReport = serde_json::from_str(&text).unwrap();
@@ -276,17 +302,20 @@ mod tests {
     fn unknown_version_is_rejected_before_the_rest_is_read() {
         // A future version with a shape this build does not know: the error
         // names the version, not the unknown fields.
-        let text = r#"{"version":2,"activator":"a","sequence":1,"intervalMs":1000,"functions":[{"ns":"x"}]}"#;
+        let text = r#"{"version":3,"activator":"a","epoch":1,"sequence":1,"intervalMs":1000,"functions":[{"ns":"x"}]}"#;
         let error = serde_json::from_str::<ActivatorReport>(text)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("activator report version 2 is not supported"),
+            error.contains("activator report version 3 is not supported"),
             "{error}"
         );
-        assert!(error.contains("reads version 1 only"), "{error}");
+        assert!(error.contains("reads version 2 only"), "{error}");
 
-        let text = r#"{"version":0,"activator":"a","sequence":1,"intervalMs":1000}"#;
+        // Version 1 meant something else by a missing `idleForMs` (busy).
+        let text = r#"{"version":1,"activator":"a","epoch":1,"sequence":1,"intervalMs":1000}"#;
+        assert!(serde_json::from_str::<ActivatorReport>(text).is_err());
+        let text = r#"{"version":0,"activator":"a","epoch":1,"sequence":1,"intervalMs":1000}"#;
         assert!(serde_json::from_str::<ActivatorReport>(text).is_err());
     }
 
@@ -315,10 +344,11 @@ mod tests {
     }
 
     #[test]
-    fn missing_idle_for_means_busy() {
+    fn busy_means_in_flight_and_a_missing_idle_time_means_unknown() {
         let text = r#"{"pod":"p","inFlight":0}"#;
         let instance: InstanceReport = serde_json::from_str(text).unwrap();
-        assert!(instance.is_busy());
+        assert!(!instance.is_busy());
+        assert_eq!(instance, InstanceReport::unused("p"));
         assert!(!InstanceReport::idle("p", 0).is_busy());
         assert!(InstanceReport::busy("p", 2).is_busy());
     }

@@ -1,5 +1,5 @@
 //! The autoscaler's rules, each driven with simulated time through the
-//! public API: reports into a `StatsStore`, decisions out of it.
+//! public API: reports into a `Autoscaler`, decisions out of it.
 
 mod support;
 
@@ -571,7 +571,7 @@ fn from_zero_to_zero() {
         let d = sim.decide();
         assert_eq!((d.desired, d.create), (1, 0), "{}", d.summary);
     }
-    assert_eq!(sim.store.last_request(&sim.key), Some(sim.now()));
+    assert_eq!(sim.autoscaler.last_request(&sim.key), Some(sim.now()));
     let idle_from = sim.now();
     let reaped_at = loop {
         sim.advance(SEC);
@@ -848,7 +848,7 @@ fn an_expected_activator_that_never_reports_blocks_reaping() {
     let t = sim.now();
     sim.add_ready("hello-a", t);
     let now = sim.now();
-    sim.store.expect_activator("act-b", now);
+    sim.autoscaler.expect_activator("act-b", now);
     sim.steady("act-a", 0.0, 10, &[]);
     let d = sim.decide();
     assert_eq!(d.silent, ["act-b"]);
@@ -965,6 +965,150 @@ fn an_activator_that_stops_listing_an_instance_does_not_make_it_older() {
     sim.report_nothing("act-a");
     let d = sim.decide();
     assert_eq!(expiry(&d, "hello-a").idle_since, Some(busy_at));
+}
+
+// ------------------------------------------------- activator restarts
+
+/// A Function with `keepAlive: 20s` and one ready instance that `act-a`
+/// served one request on, ending at the returned instant; `act-a` has
+/// reported it idle since, up to 6 s after the request.
+fn served_once(sim: &mut Sim) -> std::time::Instant {
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.advance(SEC);
+    let mut f = sim.function();
+    f.requests = 1;
+    f.concurrency = 0.5;
+    f.instances = vec![InstanceReport::busy("hello-a", 1)];
+    sim.report("act-a", f);
+    sim.advance(millis(500));
+    let last = sim.now();
+    for _ in 0..6 {
+        sim.advance(SEC);
+        let idle = u64::try_from((sim.now() - last).as_millis()).expect("fits");
+        let mut f = sim.function();
+        f.instances = vec![InstanceReport::idle("hello-a", idle)];
+        sim.report("act-a", f);
+    }
+    last
+}
+
+fn keep_alive_20s() -> Settings {
+    Settings {
+        keep_alive: secs(20),
+        ..settings()
+    }
+}
+
+/// The restarted `act-a` reports every second, knowing the instance but
+/// having had no request on it, until `until`.
+fn report_unused_until(sim: &mut Sim, until: std::time::Instant) {
+    while sim.now() + SEC <= until {
+        sim.advance(SEC);
+        let mut f = sim.function();
+        f.instances = vec![InstanceReport::unused("hello-a")];
+        sim.report("act-a", f);
+    }
+    let rest = until.saturating_duration_since(sim.now());
+    sim.advance(rest);
+}
+
+#[test]
+fn instance_whose_activator_restarted_after_its_last_request_is_reaped_keep_alive_after_that_request()
+ {
+    for graceful in [true, false] {
+        let mut sim = Sim::new(keep_alive_20s());
+        let last = served_once(&mut sim);
+        if graceful {
+            let mut f = sim.function();
+            let idle = u64::try_from((sim.now() - last).as_millis()).expect("fits");
+            f.instances = vec![InstanceReport::idle("hello-a", idle)];
+            sim.leave("act-a", Some(f));
+        }
+        // The new process starts 1 s later (a crash: no goodbye).
+        sim.advance(SEC);
+        sim.restart("act-a");
+        report_unused_until(&mut sim, last + secs(20) - MS);
+        let d = sim.decide();
+        assert!(d.drain.is_empty(), "graceful {graceful}: {}", d.summary);
+        sim.advance(MS);
+        let d = sim.decide();
+        assert_eq!(
+            drained(&d),
+            ["hello-a"],
+            "graceful {graceful}: {}",
+            d.summary
+        );
+        assert_eq!(
+            d.drain[0].reason,
+            Reason::KeepAlive {
+                idle: secs(20),
+                keep_alive: secs(20)
+            }
+        );
+    }
+}
+
+#[test]
+fn expires_at_computed_before_the_restart_is_unchanged_after_it() {
+    // A graceful restart, a quick crash, and a crash long enough for the
+    // old process to go silent (reaping pauses meanwhile, but once the new
+    // process reports, the expiry is what it was).
+    for (graceful, down) in [(true, SEC), (false, SEC), (false, secs(5))] {
+        let mut sim = Sim::new(keep_alive_20s());
+        let last = served_once(&mut sim);
+        let before = sim.decide();
+        assert_eq!(expiry(&before, "hello-a").expires_at, Some(last + secs(20)));
+        if graceful {
+            sim.leave("act-a", None);
+        }
+        sim.advance(down);
+        sim.restart("act-a");
+        let mut f = sim.function();
+        f.instances = vec![InstanceReport::unused("hello-a")];
+        sim.report("act-a", f);
+        let after = sim.decide();
+        assert_eq!(
+            expiry(&after, "hello-a").expires_at,
+            expiry(&before, "hello-a").expires_at,
+            "graceful {graceful}, down {down:?}: {}",
+            after.summary
+        );
+        assert!(after.silent.is_empty());
+    }
+}
+
+#[test]
+fn a_new_activator_beside_the_old_one_does_not_move_the_idle_clock() {
+    let mut sim = Sim::new(keep_alive_20s());
+    let last = served_once(&mut sim);
+    let mut f = sim.function();
+    f.instances = vec![InstanceReport::unused("hello-a")];
+    sim.report("act-b", f);
+    assert_eq!(
+        expiry(&sim.decide(), "hello-a").expires_at,
+        Some(last + secs(20))
+    );
+}
+
+#[test]
+fn a_restart_that_cut_requests_off_counts_them_ended_when_it_is_seen() {
+    let mut sim = Sim::new(keep_alive_20s());
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.advance(SEC);
+    let mut f = sim.function();
+    f.instances = vec![InstanceReport::busy("hello-a", 1)];
+    sim.report("act-a", f);
+    // It crashes with the request in flight; the new process reports 2 s on.
+    sim.advance(secs(2));
+    sim.restart("act-a");
+    let back = sim.now();
+    let mut f = sim.function();
+    f.instances = vec![InstanceReport::unused("hello-a")];
+    sim.report("act-a", f);
+    let d = sim.decide();
+    assert_eq!(expiry(&d, "hello-a").idle_since, Some(back));
 }
 
 // ----------------------------------------------------------------- draining
@@ -1204,12 +1348,12 @@ fn idle_outdated_instances_expire_like_any_other() {
 #[test]
 fn reports_of_an_unknown_version_are_refused() {
     let mut sim = Sim::new(settings());
-    let mut report = ActivatorReport::new("act-a", 1, 1000);
-    report.version = 2;
+    let mut report = ActivatorReport::new("act-a", 1, 1, 1000);
+    report.version = 3;
     let now = sim.now();
     assert_eq!(
-        sim.store.ingest(report, now),
-        Err(StatsError::UnsupportedVersion { version: 2 })
+        sim.autoscaler.ingest(report, now),
+        Err(StatsError::UnsupportedVersion { version: 3 })
     );
     let json = r#"{"version":9,"activator":"act-a","sequence":1,"intervalMs":1000}"#;
     let error = serde_json::from_str::<ActivatorReport>(json).unwrap_err();

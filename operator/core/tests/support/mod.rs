@@ -9,8 +9,8 @@ use std::{
 };
 
 use thaw_core::{
-    ActivatorReport, Clock, Decision, FunctionKey, FunctionReport, Instance, InstanceReport,
-    ManualClock, Phase, Settings, StatsStore, Tuning,
+    ActivatorReport, Autoscaler, Clock, Decision, FunctionKey, FunctionReport, Instance,
+    InstanceReport, ManualClock, Phase, Settings, Tuning,
 };
 
 pub const MS: Duration = Duration::from_millis(1);
@@ -26,13 +26,15 @@ pub fn millis(n: u64) -> Duration {
 
 pub struct Sim {
     pub clock: ManualClock,
-    pub store: StatsStore,
+    pub autoscaler: Autoscaler,
     pub key: FunctionKey,
     pub settings: Settings,
     pub pool: Vec<Instance>,
-    /// When the store was created (the operator started).
+    /// When the autoscaler was created (the operator started).
     pub started: Instant,
     sequences: BTreeMap<String, u64>,
+    /// Each activator's current process; 1 until it restarts.
+    epochs: BTreeMap<String, u64>,
     created: u32,
 }
 
@@ -52,13 +54,14 @@ impl Sim {
         clock.advance(Duration::from_secs(24 * 3600));
         let started = clock.now();
         Self {
-            store: StatsStore::new(Tuning::default(), started),
+            autoscaler: Autoscaler::new(Tuning::default(), started),
             clock,
             key: FunctionKey::new("default", "hello"),
             settings,
             pool: Vec::new(),
             started,
             sequences: BTreeMap::new(),
+            epochs: BTreeMap::new(),
             created: 0,
         }
     }
@@ -95,14 +98,27 @@ impl Sim {
     ) {
         let sequence = self.sequences.entry(activator.to_owned()).or_insert(0);
         *sequence += 1;
-        let mut report = ActivatorReport::new(activator, *sequence, 1000);
+        let epoch = *self.epochs.entry(activator.to_owned()).or_insert(1);
+        let mut report = ActivatorReport::new(activator, epoch, *sequence, 1000);
         report.functions.extend(function);
         edit(&mut report);
         let ingested = self
-            .store
+            .autoscaler
             .ingest(report, self.clock.now())
             .expect("a valid report");
         assert!(ingested.accepted);
+    }
+
+    /// `activator`'s process starts again (a new epoch, sequences from 0);
+    /// nothing is sent until the test reports.
+    pub fn restart(&mut self, activator: &str) {
+        *self.epochs.entry(activator.to_owned()).or_insert(1) += 1;
+        self.sequences.insert(activator.to_owned(), 0);
+    }
+
+    /// `activator` says goodbye with its last report (`leaving: true`).
+    pub fn leave(&mut self, activator: &str, function: Option<FunctionReport>) {
+        self.send(activator, function, |r| r.leaving = true);
     }
 
     /// `activator` reports `pods` idle since the given instants, with
@@ -147,7 +163,7 @@ impl Sim {
     pub fn decide(&mut self) -> Decision {
         let now = self.now();
         let decision = self
-            .store
+            .autoscaler
             .decide(&self.key, &self.settings, &self.pool, now);
         println!(
             "{:>9.3}s {}",
