@@ -8,6 +8,7 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     str::FromStr,
     sync::{
         Arc,
@@ -31,6 +32,7 @@ use crate::{
     proxy::{Proxy, ProxyOptions},
     report::{Reporter, Target},
     table::{FunctionConfig, PodInfo},
+    token::TokenFile,
     watch::{self, Synced},
 };
 
@@ -54,6 +56,10 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Functions served without Kubernetes (benchmarks, local tries).
     pub static_functions: Vec<StaticFunction>,
+    /// The projected ServiceAccount token sent with every report.
+    pub token_file: PathBuf,
+    /// The audience that token should carry.
+    pub stats_audience: String,
 }
 
 /// A function with one fixed instance, for running without a cluster:
@@ -164,7 +170,8 @@ pub async fn run(
         options.id.clone(),
         targets,
         options.report_timeout,
-    );
+    )
+    .with_token(TokenFile::new(&options.token_file, &options.stats_audience));
     let interval = options.report_interval;
     let reports = tokio::spawn(async move {
         reporter.run(interval, stopped(report_stop_rx)).await;

@@ -2,14 +2,17 @@
 //! that it creates and deletes one by one.
 
 pub mod actions;
+pub mod auth;
 pub mod coldstart;
 pub mod context;
 pub mod error;
 pub mod instance;
+pub mod known;
 pub mod memory;
 pub mod metrics;
 pub mod pod;
 pub mod reconcile;
+pub mod security;
 pub mod service;
 pub mod status;
 pub mod wallclock;

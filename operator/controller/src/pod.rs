@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-        SecurityContext, TCPSocketAction,
+        Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
+        PodSpec, Probe, TCPSocketAction,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -16,6 +15,8 @@ use thaw_api::{
     Function, FunctionSpec,
     keys::{FUNCTION_CONTAINER, FUNCTION_LABEL, SPEC_HASH_LABEL},
 };
+
+use crate::security::{container_security_context, pod_security_context};
 
 /// Seconds a pod gets after SIGTERM on top of the request timeout, so a
 /// request admitted just before deletion can still finish.
@@ -30,7 +31,8 @@ pub fn selector_labels(function_name: &str) -> BTreeMap<String, String> {
 ///
 /// Defaults are restrictive (non-root, read-only root filesystem, no
 /// capabilities, RuntimeDefault seccomp, no service links, no API token);
-/// `spec.podTemplate` replaces them.
+/// `spec.podTemplate`'s security contexts merge over them field by field
+/// ([`crate::security`]).
 pub fn instance_pod(function: &Function, pod_name: &str) -> Pod {
     let spec = &function.spec;
     let name = function.metadata.name.clone().unwrap_or_default();
@@ -68,16 +70,7 @@ pub fn instance_pod(function: &Function, pod_name: &str) -> Pod {
             enable_service_links: Some(false),
             node_selector: template.node_selector,
             tolerations: template.tolerations,
-            security_context: Some(template.security_context.unwrap_or_else(|| {
-                PodSecurityContext {
-                    run_as_non_root: Some(true),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".into(),
-                        ..SeccompProfile::default()
-                    }),
-                    ..PodSecurityContext::default()
-                }
-            })),
+            security_context: Some(pod_security_context(template.security_context.as_ref())),
             ..PodSpec::default()
         }),
         status: None,
@@ -128,17 +121,9 @@ fn container(spec: &FunctionSpec) -> Container {
         }]),
         resources: spec.resources.clone(),
         readiness_probe: Some(readiness),
-        security_context: Some(template.container_security_context.unwrap_or_else(|| {
-            SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }
-        })),
+        security_context: Some(container_security_context(
+            template.container_security_context.as_ref(),
+        )),
         ..Container::default()
     }
 }
@@ -171,6 +156,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
     use thaw_api::{PodTemplate, PodTemplateMetadata};
 
     fn function(yaml: &str) -> Function {
@@ -277,6 +263,37 @@ mod tests {
                 .and_then(|s| s.read_only_root_filesystem),
             Some(false)
         );
+    }
+
+    #[test]
+    fn a_partial_security_context_keeps_the_restrictive_defaults() {
+        let mut f = hello();
+        f.spec.pod_template = Some(PodTemplate {
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(1000),
+                ..PodSecurityContext::default()
+            }),
+            container_security_context: Some(SecurityContext {
+                run_as_group: Some(1000),
+                ..SecurityContext::default()
+            }),
+            ..PodTemplate::default()
+        });
+        let spec = instance_pod(&f, "hello-abcde").spec.expect("spec");
+        let pod_sc = spec.security_context.expect("pod security context");
+        assert_eq!(pod_sc.run_as_user, Some(1000));
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_sc.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        let sc = spec.containers[0]
+            .security_context
+            .clone()
+            .expect("container");
+        assert_eq!(sc.run_as_group, Some(1000));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
     }
 
     #[test]

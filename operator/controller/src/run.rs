@@ -31,9 +31,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     actions::publish,
+    auth::{self, Authenticator, KubeReviewer, StatsAuth},
     context::{Config, Context},
     error::Error,
     http::{self, HttpState},
+    known::Known,
     metrics::Metrics,
     reconcile::reconcile,
 };
@@ -56,6 +58,8 @@ pub struct Options {
     /// seen running is expected to report: until it does (or is forgotten),
     /// no instance is reaped, since it may carry requests.
     pub activator_selector: Option<String>,
+    /// Who may send stats reports.
+    pub stats_auth: StatsAuth,
 }
 
 /// Runs the operator until `shutdown` completes.
@@ -71,7 +75,36 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let auth = match &options.stats_auth {
+        StatsAuth::Activators {
+            audience,
+            service_accounts,
+        } => Some(Arc::new(Authenticator::new(
+            Arc::new(KubeReviewer(client.clone())),
+            audience,
+            service_accounts,
+        )?)),
+        StatsAuth::Off => {
+            warn!(
+                "--allow-unauthenticated-stats: anyone who can reach the stats endpoint can scale Functions"
+            );
+            None
+        }
+    };
+    // Every replica caches Functions and instance pods from the start: to
+    // vet reports (all replicas take them), and so a new leader starts warm.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (functions, function_writer) = reflector::store::<DeserializeGuard<Function>>();
+    let caches = spawn_caches(
+        client.clone(),
+        options.watch_namespace.as_deref(),
+        pod_writer,
+        function_writer,
+    );
     let http_state = HttpState {
+        known: Known::new(functions, pods.clone(), &metrics.registry)?,
+        rejected: auth::rejected_counter(&metrics.registry)?,
+        auth,
         registry: metrics.registry.clone(),
         autoscaler: autoscaler.clone(),
         clock: clock.clone(),
@@ -103,7 +136,6 @@ pub async fn run(
     ready.store(true, Ordering::Relaxed);
     info!(identity = %options.identity, "waiting for leadership");
 
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -156,7 +188,6 @@ pub async fn run(
             client.clone(),
             options.watch_namespace.as_deref(),
             ctx.clone(),
-            pod_writer,
             wake_rx,
             stopped(stop_rx.clone()),
         )
@@ -165,6 +196,7 @@ pub async fn run(
         break;
     }
     info!("shutting down");
+    caches.abort();
     let _ = stop_tx.send(true);
     drop(leader);
     match lease_task.await {
@@ -211,12 +243,43 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// The controller over guarded Function watches and the instance pod cache.
+/// The watches behind the Function and instance pod caches.
+fn spawn_caches(
+    client: Client,
+    namespace: Option<&str>,
+    pods: reflector::store::Writer<Pod>,
+    functions: reflector::store::Writer<DeserializeGuard<Function>>,
+) -> tokio::task::JoinHandle<()> {
+    let (function_api, pod_api) = match namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<Function>>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let pods = reflector::reflector(
+        pods,
+        watcher(pod_api, watcher::Config::default().labels(FUNCTION_LABEL)),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    let functions = reflector::reflector(
+        functions,
+        watcher(function_api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    tokio::spawn(async move {
+        futures::future::join(pods, functions).await;
+    })
+}
+
+/// The controller over guarded Function watches; reconciles read pods from
+/// the instance pod cache.
 async fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-    pod_writer: reflector::store::Writer<Pod>,
     wake: mpsc::UnboundedReceiver<FunctionKey>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -228,12 +291,6 @@ async fn controller(
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let instance_pods = watcher::Config::default().labels(FUNCTION_LABEL);
-    // The cache reconciles read pods from; the controller's own watch of
-    // owned pods only triggers reconciles.
-    let cache = reflector::reflector(pod_writer, watcher(pods.clone(), instance_pods.clone()))
-        .default_backoff()
-        .for_each(|_| std::future::ready(()));
-    let cache = tokio::spawn(cache);
     let mut wake = wake;
     let wakeups = futures::stream::poll_fn(move |cx| wake.poll_recv(cx))
         .map(|key| ObjectRef::new(&key.name).within(&key.namespace));
@@ -253,7 +310,6 @@ async fn controller(
             }
         })
         .await;
-    cache.abort();
 }
 
 /// Unwraps the guard: an object that does not decode is reported on itself

@@ -9,6 +9,7 @@
 //! - [`decide()`]: how many instances a Function wants and which instances go,
 //!   with when each idle one will be destroyed.
 //! - [`clock`]: [`Clock`], real and simulated.
+//! - [`vet`]: a report checked against the cluster before it is merged.
 //!
 //! The rule it exists to keep: an instance is destroyed once it has been
 //! idle — nothing in flight on any activator — for the Function's
@@ -20,6 +21,7 @@ pub mod decide;
 pub mod duration;
 pub mod merge;
 pub mod stats;
+pub mod vet;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decide::{
@@ -29,3 +31,4 @@ pub use decide::{
 pub use duration::{GoStyle, format_duration};
 pub use merge::{ActivatorView, FunctionKey, FunctionView, Ingested, StatsStore, Tuning};
 pub use stats::{ActivatorReport, FunctionReport, InstanceReport, REPORT_VERSION, StatsError};
+pub use vet::{KnownFunction, Vetting, vet_report};
