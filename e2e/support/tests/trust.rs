@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use ::http::{Request, StatusCode};
 use bytes::Bytes;
-use http::{Request, StatusCode};
 use http_body_util::Full;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, PostParams};
@@ -388,4 +388,97 @@ async fn a_partial_security_context_keeps_the_defaults() {
         sc.capabilities.and_then(|c| c.drop),
         Some(vec!["ALL".to_owned()])
     );
+}
+
+/// Opens `n` connections from `source` to `addr`, each sending `head` (an
+/// unfinished request head, or nothing).
+async fn open_connections(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    n: usize,
+    head: &'static [u8],
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::new(source, 0))
+            .expect("bind");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        if !head.is_empty() {
+            let _ = stream.write_all(head).await;
+        }
+        streams.push(stream);
+    }
+    streams
+}
+
+/// Whether the peer closed `stream` (a read of 0 bytes or an error), or
+/// answered and closed, by now or within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A slowloris client (from another loopback address) on the operator's
+/// endpoint and 10,000 idle connections on the activator: a Function still
+/// scales from zero (the activator's reports are accepted) and other
+/// clients' requests succeed; the slow clients are cut off by the header
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_clients_do_not_stop_autoscaling_or_other_requests() {
+    let setup = Setup::new("trust-flood").await;
+    setup
+        .apply(
+            "fn",
+            json!({ "image": "thaw.dev/samples/hello", "scaling": { "keepAlive": "30s" } }),
+        )
+        .await;
+    let flooder: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut slow = open_connections(
+        flooder,
+        setup.operator_addr(),
+        300,
+        b"POST /v1/stats HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await;
+    let idle = open_connections(flooder, setup.chart.activator.addr(), 10_000, b"").await;
+
+    // Autoscaling carries on: a request scales `fn` from zero, which takes
+    // the activator's poke reaching the operator.
+    let host = format!("fn.{}.svc.cluster.local", setup.ns.name);
+    let reply = http::get(setup.chart.activator.addr(), &host, "/", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", setup.logs()));
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, setup.logs());
+    for _ in 0..20 {
+        let reply = http::get(
+            setup.chart.activator.addr(),
+            &host,
+            "/",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("request beside 10,000 idle connections");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // Every slow client is cut off by the operator's header deadline (5 s).
+    for stream in &mut slow {
+        assert!(
+            closed_within(stream, Duration::from_secs(20)).await,
+            "a slowloris connection outlived the header deadline"
+        );
+    }
+    drop(idle);
 }

@@ -110,7 +110,7 @@ impl TokenFile {
     /// flag mismatch the operator would answer with 401.
     fn check_audience(&self, token: &str) {
         let audiences = audiences(token);
-        if !audiences.iter().any(|a| *a == self.audience) {
+        if !audiences.contains(&self.audience) {
             warn!(path = %self.path.display(), expected = %self.audience, found = ?audiences, "the token is not for the stats audience");
         }
     }

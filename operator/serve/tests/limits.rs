@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // Tests: a failed unwrap is a failed test.
 //! The limits against hostile clients, on a real loopback listener: a
 //! client that never finishes its headers is cut off while others are
 //! served, connections beyond the limit are closed at once, and a body that
