@@ -206,3 +206,55 @@ fn reject(state: &HttpState, rejection: &Rejection) -> Response<Body> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use thaw_core::{FunctionReport, InstanceReport};
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// 2,000 Functions with 100 instances each: a report larger than the
+    /// body limit as JSON, far below it compressed, read back whole.
+    #[test]
+    fn a_large_legitimate_report_is_never_refused() {
+        let mut report = ActivatorReport::new("thaw-activator-7d9f8-abcde", 42, 1000);
+        for f in 0..2000 {
+            let mut function = FunctionReport::new(format!("team-{}", f % 50), format!("fn-{f}"));
+            function.concurrency = 1.5;
+            function.requests = 10;
+            function.instances = (0..100)
+                .map(|i| InstanceReport::idle(format!("fn-{f}-{i:05x}"), 1234))
+                .collect();
+            report.functions.push(function);
+        }
+        let json = serde_json::to_vec(&report).unwrap();
+        assert!(json.len() > MAX_REPORT_BYTES, "{} bytes", json.len());
+        let body = gzip(&json);
+        assert!(
+            body.len() < MAX_REPORT_BYTES / 4,
+            "{} bytes compressed",
+            body.len()
+        );
+        let decoded = gunzip(&body, MAX_DECODED_REPORT_BYTES).unwrap();
+        let back: ActivatorReport = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_at_the_decoded_limit() {
+        let body = gzip(&vec![b' '; 10 << 20]);
+        let (status, message) = gunzip(&body, 1 << 20).unwrap_err();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(message.contains("decompresses to more than"), "{message}");
+        let (status, _) = gunzip(b"not gzip", 1 << 20).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -81,6 +81,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 async fn slow_headers_are_cut_off_while_others_are_served() {
     let limits = Limits {
         header_read_timeout: Duration::from_millis(500),
+        max_connections_per_ip: 1000,
         ..Limits::default()
     };
     let (addr, _stop) = start(limits).await;
