@@ -12,7 +12,7 @@ Runs on loopback only:
   - 10,000 slowloris connections (headers dripped a byte at a time): RSS,
     and an activator report still accepted meanwhile.
 
-Usage: e2e/bench/hostile.py [--target-dir target/release] [--skip-operator]
+Usage: e2e/bench/hostile.py [--target-dir target/release] [--testfn PATH] [--skip-operator]
 """
 
 import argparse
@@ -80,11 +80,11 @@ def open_idle(port, n):
     return conns
 
 
-def activator(target, results):
+def activator(target, testfn_binary, results):
     testfn_port = free_port()
     http_port, admin_port = free_port(), free_port()
     testfn = subprocess.Popen(
-        [os.path.join(target, "testfn")],
+        [testfn_binary],
         env={**os.environ, "PORT": str(testfn_port)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -214,6 +214,7 @@ def operator(target, results):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--target-dir", default="target/release")
+    parser.add_argument("--testfn", help="the testfn binary (default: <target-dir>/testfn)")
     parser.add_argument("--skip-operator", action="store_true")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -221,7 +222,7 @@ def main():
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     results = {}
-    activator(args.target_dir, results)
+    activator(args.target_dir, args.testfn or os.path.join(args.target_dir, "testfn"), results)
     if not args.skip_operator:
         operator(args.target_dir, results)
     json.dump(results, sys.stdout, indent=2)
