@@ -50,6 +50,11 @@ bench-activator: ## Benchmark hello directly and through the activator (release 
 	$(CARGO) build --release -p thaw -p thaw-sample-functions
 	$(CARGO) bench -p thaw-activator --bench proxy
 
+.PHONY: bench-hostile
+bench-hostile: ## RSS of activator and operator under 10,000 idle/slow connections and full queues (release build; docs/benchmarks.md).
+	$(CARGO) build --release -p thaw -p thaw-sample-functions
+	python3 e2e/bench/hostile.py --target-dir target/release
+
 .PHONY: chart-lint
 chart-lint: ## Chart checks: helm lint, rendering, schema refusals, no drift of its CRD and manifests/install.yaml.
 	bash e2e/chart/check.sh

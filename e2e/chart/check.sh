@@ -25,6 +25,7 @@ all_options=(
   --set activator.ingress.enabled=true --set 'activator.ingress.hosts={*.fn.example.com}'
   --set serviceMonitor.enabled=true --set networkPolicy.enabled=true
   --set activator.maxBodyBytes=1048576 --set activator.headerReadTimeout=10s
+  --set 'stats.activatorServiceAccounts={thaw-system/thaw-activator,edge/activator}'
 )
 if out=$("$HELM" template t "$chart" "${all_options[@]}" 2>&1); then
   kinds=$(grep -c '^kind:' <<<"$out")
@@ -49,6 +50,8 @@ expect_refused "at '/image/pullPolicy': value must be one of" --set image.pullPo
 expect_refused "additional properties 'replica' not allowed" --set activator.replica=3
 expect_refused "at '/logFormat'" --set logFormat=xml
 expect_refused "watchNamespaces: thaw watches one namespace or all of them" --set 'watchNamespaces={a,b}'
+expect_refused "at '/stats/activatorServiceAccounts/0'" --set 'stats.activatorServiceAccounts={thaw-activator}'
+expect_refused "at '/stats/tokenExpirationSeconds'" --set stats.tokenExpirationSeconds=60
 
 if diff -u crds/functions.thaw.dev.yaml "$chart/crds/functions.thaw.dev.yaml" >/dev/null; then
   pass "charts/thaw/crds matches crds/"

@@ -11,9 +11,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    authentication::v1::{TokenRequest, TokenRequestSpec},
+    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
     coordination::v1::Lease,
-    core::v1::ServiceAccount,
+    core::v1::{Pod, ServiceAccount},
 };
 use kube::{Api, Client, api::PostParams};
 use serde_json::{Value, json};
@@ -134,6 +134,90 @@ impl Drop for Release {
     }
 }
 
+/// The audience of the activators' stats tokens (the chart's default).
+pub const STATS_AUDIENCE: &str = "thaw.dev/autoscaler";
+
+/// A TokenRequest token of ServiceAccount `namespace/name` for `audiences`
+/// (empty: the API server's own), valid for an hour, bound to `pod` if given
+/// (as kubelet binds the projected token of a pod).
+pub async fn request_token(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    audiences: &[&str],
+    pod: Option<&Pod>,
+) -> Result<String> {
+    let bound_object_ref = pod.map(|pod| BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+    });
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            expiration_seconds: Some(3600),
+            bound_object_ref,
+        },
+        ..TokenRequest::default()
+    };
+    Ok(
+        Api::<ServiceAccount>::namespaced(cluster.client(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for serviceaccount {namespace}/{name}"))?
+            .status
+            .context("the TokenRequest has no status")?
+            .token,
+    )
+}
+
+/// A pod object of ServiceAccount `service_account` named `name` in
+/// `namespace`, for tokens to be bound to: a process run as an activator
+/// here is not a pod, so this one stands for it (it only sleeps).
+pub async fn stand_in_pod(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+) -> Result<Pod> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "serviceAccountName": service_account,
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "seccompProfile": { "type": "RuntimeDefault" },
+            },
+            "containers": [{
+                "name": "stand-in",
+                "image": "thaw.dev/tools/sh",
+                "args": ["-c", "exec sleep 86400"],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": { "drop": ["ALL"] },
+                },
+            }],
+        },
+    }))?;
+    Api::<Pod>::namespaced(cluster.client(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating the stand-in pod {namespace}/{name}"))
+}
+
+/// Writes a token where a component reads it, like kubelet's projected
+/// volume: `.cluster/tests/<file_name>.token`, owner-only.
+pub fn write_token(file_name: &str, token: &str) -> Result<PathBuf> {
+    let dir = repo_root().join(".cluster/tests");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{file_name}.token"));
+    write_private(&path, token)?;
+    Ok(path)
+}
+
 /// A kubeconfig for ServiceAccount `namespace/name`: the cluster of the
 /// admin kubeconfig and a token from the TokenRequest API, valid for an hour.
 /// Written to `.cluster/tests/<namespace>-<name>.kubeconfig`; returned with
@@ -143,22 +227,7 @@ pub async fn service_account_kubeconfig(
     namespace: &str,
     name: &str,
 ) -> Result<(PathBuf, Client)> {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            // Empty: the API server's own audiences.
-            audiences: Vec::new(),
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(cluster.client(), namespace)
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("requesting a token for serviceaccount {namespace}/{name}"))?
-        .status
-        .context("the TokenRequest has no status")?
-        .token;
+    let token = request_token(cluster, namespace, name, &[], None).await?;
 
     let admin_path = cluster.kubeconfig();
     let admin: Value = serde_yaml::from_str(
@@ -244,6 +313,9 @@ pub struct ChartThaw {
     pub operator: Operator,
     /// A client with the operator's token.
     pub operator_client: Client,
+    /// The activator's stats token: the chart's ServiceAccount, thaw's
+    /// audience, bound to the stand-in pod named as the activator's id.
+    pub activator_token: String,
 }
 
 impl ChartThaw {
@@ -277,6 +349,28 @@ impl ChartThaw {
             &args,
         )?;
         let activator_id = "chart-activator";
+        // The projected token kubelet would mount: bound to a pod named as
+        // the activator's id, so the operator's identity check runs as in a
+        // cluster.
+        let stand_in = stand_in_pod(
+            cluster,
+            &release.namespace,
+            activator_id,
+            &release.activator(),
+        )
+        .await?;
+        let activator_token = request_token(
+            cluster,
+            &release.namespace,
+            &release.activator(),
+            &[STATS_AUDIENCE],
+            Some(&stand_in),
+        )
+        .await?;
+        let token_file = write_token(
+            &format!("{}-{activator_id}", release.namespace),
+            &activator_token,
+        )?;
         let mut args = chart_args(
             cluster,
             release,
@@ -302,6 +396,7 @@ impl ChartThaw {
             "--autoscaler-url=http://127.0.0.1:{}/v1/stats",
             operator.http_port
         );
+        args.push(format!("--token-file={}", token_file.display()));
         let activator = Activator::start_args(
             &activator_kubeconfig,
             &format!("{}-{activator_id}", release.namespace),
@@ -312,6 +407,7 @@ impl ChartThaw {
             activator,
             operator,
             operator_client,
+            activator_token,
         };
         let wait = Duration::from_secs(60);
         chart

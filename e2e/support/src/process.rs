@@ -66,7 +66,9 @@ pub struct Operator {
 
 impl Operator {
     /// Starts `thaw operator` watching only `namespace`, with its Lease
-    /// there too, so parallel tests each have their own operator.
+    /// there too, so parallel tests each have their own operator. It takes
+    /// unauthenticated stats (these activators have no pod to be bound to);
+    /// [`crate::install::ChartThaw`] runs the real check.
     pub fn start(cluster: &Cluster, namespace: &str, identity: &str) -> Result<Operator> {
         let args = [
             "--lease-namespace",
@@ -77,6 +79,7 @@ impl Operator {
             identity,
             "--lease-duration-seconds",
             "4",
+            "--allow-unauthenticated-stats",
         ]
         .map(String::from);
         Self::start_args(

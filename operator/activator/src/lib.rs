@@ -15,7 +15,7 @@
 //!
 //! Thin adapters connect it to the world: [`watch`] (Kubernetes reflectors),
 //! [`probe`] (readiness), [`proxy`] with [`body`], [`headers`] and [`conn`]
-//! (HTTP), [`report`] (stats to the autoscaler), [`admin`] and [`metrics`].
+//! (HTTP), [`report`] (stats to the autoscaler, with the [`token`]), [`admin`] and [`metrics`].
 //! [`run`] puts them together. `docs/activator.md` describes the design.
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod body;
 pub mod conn;
 pub mod headers;
 pub mod metrics;
+pub mod overload;
 pub mod place;
 pub mod probe;
 pub mod proxy;
@@ -31,7 +32,9 @@ pub mod report;
 pub mod route;
 pub mod run;
 pub mod throttle;
+pub mod token;
 pub mod watch;
 
 pub use proxy::ProxyOptions;
 pub use run::{Options, StaticFunction, run};
+pub use token::DEFAULT_TOKEN_FILE;

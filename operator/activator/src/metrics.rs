@@ -37,6 +37,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Stats reports sent to the autoscaler, by result.
     pub reports: IntCounterVec,
+    /// Client connections refused at `--max-connections`.
+    pub connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -109,6 +111,11 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let connections_refused = IntCounter::new(
+            "thaw_activator_connections_refused_total",
+            "Client connections answered 503 and closed because --max-connections were open.",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
@@ -129,6 +136,7 @@ impl Metrics {
             proxy_latency,
             upstream_errors,
             reports,
+            connections_refused,
         })
     }
 

@@ -1,6 +1,8 @@
-//! Readiness probes, by the activator itself: every 25 ms until the first
-//! success, so a cold-started instance takes its first request the moment
-//! it listens, not at kubelet's next one-second probe.
+//! Readiness probes, by the activator itself: every 25 ms for the first
+//! [`FAST_PROBING`], so a cold-started instance takes its first request the
+//! moment it listens, not at kubelet's next one-second probe; after that the
+//! interval doubles up to [`MAX_PROBE_INTERVAL`], so an instance that never
+//! becomes ready costs one probe a second, not forty.
 //!
 //! A probe is an HTTP `GET` of the pod's readiness path answered with 2xx
 //! or 3xx, or, without a path, a TCP connect to the pod's port. One prober
@@ -17,7 +19,7 @@ use http::{
 };
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::MissedTickBehavior};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::{
@@ -25,8 +27,23 @@ use crate::{
     throttle::{InstanceId, ProbeTarget},
 };
 
-/// Time between probes of one instance.
+/// Time between probes of one instance, at first.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+/// How long an instance is probed at [`PROBE_INTERVAL`]: longer than
+/// nearly every cold start.
+pub const FAST_PROBING: Duration = Duration::from_secs(30);
+/// The longest time between probes, once backed off.
+pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The time before the next probe, after waiting `previous` before this
+/// one, `elapsed` since probing started.
+pub fn next_interval(previous: Duration, elapsed: Duration) -> Duration {
+    if elapsed < FAST_PROBING {
+        PROBE_INTERVAL
+    } else {
+        (previous * 2).clamp(PROBE_INTERVAL, MAX_PROBE_INTERVAL)
+    }
+}
 /// Longest one probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -40,11 +57,11 @@ pub fn spawner() -> SpawnProbe {
 /// Probes `instance` until it answers (or no longer needs probing).
 pub async fn run(entry: Arc<Entry>, instance: InstanceId) {
     let started = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interval = Duration::ZERO;
     let mut attempts: u64 = 0;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(interval).await;
+        interval = next_interval(interval, started.elapsed());
         let Some(target) = entry.probe_target(instance) else {
             return;
         };
@@ -107,6 +124,27 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn probing_backs_off_after_the_fast_phase() {
+        let mut interval = Duration::ZERO;
+        let mut elapsed = Duration::ZERO;
+        let mut probes = 0;
+        while elapsed < FAST_PROBING {
+            interval = next_interval(interval, elapsed);
+            assert_eq!(interval, PROBE_INTERVAL);
+            elapsed += interval;
+            probes += 1;
+        }
+        assert_eq!(probes, 1200, "every 25 ms for 30 s");
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            interval = next_interval(interval, elapsed);
+            elapsed += interval;
+            seen.push(interval.as_millis());
+        }
+        assert_eq!(seen, [50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000]);
+    }
 
     /// An HTTP server answering `status` (read when each request arrives).
     async fn server(status: Arc<AtomicU16>) -> SocketAddr {

@@ -46,6 +46,7 @@ use crate::{
     conn,
     headers::{THAW_COLD_START, forward_request, forward_response},
     metrics::Metrics,
+    overload::ConnectionLimit,
     registry::{Admission, Entry, Lease, Registry},
     route::{Route, Router},
 };
@@ -75,6 +76,11 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Idle keep-alive connections to instances are closed after this.
     pub pool_idle_timeout: Duration,
+    /// Most open client connections; one more gets 503 and is closed.
+    pub max_connections: usize,
+    /// Most requests waiting for an instance across every function; one
+    /// more gets 503 with Retry-After.
+    pub max_queued: usize,
 }
 
 impl Default for ProxyOptions {
@@ -89,6 +95,8 @@ impl Default for ProxyOptions {
             max_headers: 100,
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(30),
+            max_connections: 20_000,
+            max_queued: 10_000,
         }
     }
 }
@@ -127,6 +135,7 @@ impl Proxy {
             .pool_timer(TokioTimer::new())
             .build(connector);
         let metrics = registry.shared().metrics.clone();
+        registry.shared().queue.set_max(options.max_queued);
         Arc::new(Self {
             router: Router::new(&options.domain),
             registry,
@@ -170,6 +179,7 @@ impl Proxy {
             .keep_alive_interval(Duration::from_secs(30));
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
+        let connections = ConnectionLimit::new(self.options.max_connections);
         let timeout_body = Arc::new(error_bytes(&json!({
             "error": format!(
                 "the request headers did not arrive within {}",
@@ -190,6 +200,12 @@ impl Proxy {
                         continue;
                     }
                 },
+            };
+            let Some(permit) = connections.try_acquire() else {
+                self.metrics.connections_refused.inc();
+                let connections = connections.clone();
+                tokio::spawn(async move { connections.refuse(stream).await });
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let (io, handle) = conn::track(stream);
@@ -238,6 +254,8 @@ impl Proxy {
                         }
                     }
                 }
+                // The connection is closed: its place is free.
+                drop(permit);
             });
         }
         drop(listener);
@@ -369,6 +387,24 @@ impl Proxy {
                         "message": format!(
                             "{max_pending} requests are already waiting for an instance of {}; retry later",
                             function()
+                        ),
+                    }),
+                );
+                answer
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                Err(answer)
+            }
+            Admission::Overloaded { max_queued } => {
+                let mut answer = answer(
+                    entry,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({
+                        "error": "activator queue full",
+                        "function": function(),
+                        "maxQueued": max_queued,
+                        "message": format!(
+                            "this activator already holds {max_queued} waiting requests across all Functions; retry later"
                         ),
                     }),
                 );

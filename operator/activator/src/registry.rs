@@ -20,6 +20,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::{
     metrics::{FunctionMetrics, Metrics},
+    overload::{QueueBudget, QueueTicket},
     throttle::{
         Admit, FunctionConfig, FunctionState, InstanceId, PodInfo, ProbeTarget, Slot, Take,
         WaiterId,
@@ -35,6 +36,8 @@ pub struct Shared {
     /// reporter sends a poke at once.
     pub poke: Notify,
     pub metrics: Metrics,
+    /// Requests waiting across every function (`--max-queued-requests`).
+    pub queue: Arc<QueueBudget>,
     spawn_probe: SpawnProbe,
 }
 
@@ -68,6 +71,10 @@ pub enum Admission {
     Full {
         max_pending: u32,
     },
+    /// The activator holds its most waiting requests across all functions.
+    Overloaded {
+        max_queued: usize,
+    },
     /// No such function.
     Unknown,
     /// The Function exists but cannot be read.
@@ -88,6 +95,7 @@ pub struct Waiter {
     done: bool,
     /// The function had no placeable instance when this request arrived.
     pub cold: bool,
+    _ticket: QueueTicket,
 }
 
 /// The function went away while the request waited.
@@ -102,6 +110,7 @@ impl Registry {
             shared: Arc::new(Shared {
                 poke: Notify::new(),
                 metrics,
+                queue: Arc::default(),
                 spawn_probe,
             }),
         })
@@ -327,6 +336,15 @@ impl Entry {
                 first,
                 cold,
             } => {
+                let Some(ticket) = self.shared.queue.try_take() else {
+                    self.with(|s| s.cancel(id, Instant::now()));
+                    return (
+                        Admission::Overloaded {
+                            max_queued: self.shared.queue.max(),
+                        },
+                        timing,
+                    );
+                };
                 if first {
                     self.shared.poke.notify_one();
                 }
@@ -339,6 +357,7 @@ impl Entry {
                     rx: Some(rx),
                     done: false,
                     cold,
+                    _ticket: ticket,
                 })
             }
             Admit::Full { max_pending } => Admission::Full { max_pending },

@@ -2,6 +2,11 @@
 //! and at once when a request starts waiting in an empty queue (a poke),
 //! POSTed as JSON to every `--autoscaler-url`.
 //!
+//! Each POST carries the activator's ServiceAccount token ([`TokenFile`])
+//! and a gzip body (`Content-Encoding: gzip`): a report grows with the
+//! Functions an activator serves, and compressed it stays far below the
+//! operator's limit.
+//!
 //! Sending never blocks the data path: the report is built by locking each
 //! function briefly, and every POST runs in its own task with a short
 //! timeout. A URL whose host resolves to several addresses (a headless
@@ -20,7 +25,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use http::{
     HeaderValue, Method, Request, Uri,
-    header::{CONTENT_TYPE, HOST},
+    header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HOST},
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::Full;
@@ -31,7 +36,7 @@ use hyper_util::{
 use thaw_core::{ActivatorReport, REPORT_VERSION};
 use tracing::{debug, info, warn};
 
-use crate::{metrics::Metrics, registry::Registry};
+use crate::{metrics::Metrics, registry::Registry, token::TokenFile};
 
 /// Pokes closer together than this are sent as one report.
 pub const MIN_POKE_GAP: Duration = Duration::from_millis(20);
@@ -92,6 +97,15 @@ pub struct Reporter {
     metrics: Metrics,
     /// Addresses whose last send failed, so a failure is logged once.
     failing: Arc<Mutex<HashSet<String>>>,
+    /// Sent as `Authorization: Bearer`; none without a token file.
+    token: Option<TokenFile>,
+}
+
+/// One encoded report and its credentials, as every POST of it sends them.
+#[derive(Clone)]
+struct Payload {
+    body: Bytes,
+    authorization: Option<HeaderValue>,
 }
 
 impl Reporter {
@@ -120,7 +134,14 @@ impl Reporter {
             last: Instant::now(),
             metrics,
             failing: Arc::default(),
+            token: None,
         }
+    }
+
+    /// Sends the token in `file` with every report.
+    pub fn with_token(mut self, file: TokenFile) -> Self {
+        self.token = Some(file);
+        self
     }
 
     /// The next report: the interval since the previous one ends now.
@@ -207,9 +228,12 @@ impl Reporter {
         info!(sequence = report.sequence, "sent the leaving report");
     }
 
-    fn encode(&self, report: &ActivatorReport) -> Option<Bytes> {
-        match serde_json::to_vec(report) {
-            Ok(body) => Some(Bytes::from(body)),
+    fn encode(&self, report: &ActivatorReport) -> Option<Payload> {
+        match encode(report) {
+            Ok(body) => Some(Payload {
+                body,
+                authorization: self.token.as_ref().and_then(TokenFile::header),
+            }),
             Err(error) => {
                 warn!(%error, "encoding a stats report");
                 None
@@ -218,11 +242,21 @@ impl Reporter {
     }
 }
 
+/// A report as gzip-compressed JSON.
+pub fn encode(report: &ActivatorReport) -> std::io::Result<Bytes> {
+    use std::io::Write as _;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(4096), flate2::Compression::fast());
+    serde_json::to_writer(&mut encoder, report)?;
+    encoder.flush()?;
+    Ok(Bytes::from(encoder.finish()?))
+}
+
 /// POSTs `body` to every address `target`'s host resolves to.
 async fn post_all(
     client: Client<HttpConnector, Full<Bytes>>,
     target: Target,
-    body: Bytes,
+    body: Payload,
     timeout: Duration,
     metrics: Metrics,
     failing: Arc<Mutex<HashSet<String>>>,
@@ -276,7 +310,7 @@ async fn post(
     client: &Client<HttpConnector, Full<Bytes>>,
     target: &Target,
     addr: SocketAddr,
-    body: Bytes,
+    payload: Payload,
     timeout: Duration,
 ) -> Result<(), String> {
     let uri = Uri::builder()
@@ -286,12 +320,17 @@ async fn post(
         .build()
         .map_err(|e| e.to_string())?;
     let host = HeaderValue::from_str(target.authority.as_str()).map_err(|e| e.to_string())?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
         .uri(uri)
         .header(HOST, host)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
+        .header(CONTENT_ENCODING, "gzip");
+    if let Some(authorization) = payload.authorization {
+        request = request.header(AUTHORIZATION, authorization);
+    }
+    let request = request
+        .body(Full::new(payload.body))
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) if response.status().is_success() => Ok(()),

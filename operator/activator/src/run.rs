@@ -8,6 +8,7 @@
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     str::FromStr,
     sync::{
         Arc,
@@ -31,6 +32,7 @@ use crate::{
     registry::Registry,
     report::{Reporter, Target},
     throttle::{FunctionConfig, PodInfo},
+    token::TokenFile,
     watch::{self, Synced},
 };
 
@@ -57,6 +59,10 @@ pub struct Options {
     pub shutdown_delay: Duration,
     /// Functions served without Kubernetes (benchmarks, local tries).
     pub static_functions: Vec<StaticFunction>,
+    /// The projected ServiceAccount token sent with every report.
+    pub token_file: PathBuf,
+    /// The audience that token should carry.
+    pub stats_audience: String,
 }
 
 /// A function with one fixed instance, for running without a cluster:
@@ -167,7 +173,8 @@ pub async fn run(
         options.id.clone(),
         targets,
         options.report_timeout,
-    );
+    )
+    .with_token(TokenFile::new(&options.token_file, &options.stats_audience));
     let interval = options.report_interval;
     let reports = tokio::spawn(async move {
         reporter.run(interval, stopped(report_stop_rx)).await;

@@ -698,3 +698,99 @@ async fn post_chunks(addr: SocketAddr, chunks: usize) -> hyper::Response<hyper::
         .await
         .unwrap()
 }
+
+/// A GET of `/fn/ns/<function>/<path>` (path routing).
+async fn get_fn(addr: SocketAddr, function: &str, path: &str) -> Reply {
+    request(
+        addr,
+        Request::get(format!("/fn/ns/{function}/{path}"))
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_bound_across_functions_answers_503() {
+    let up = upstream().await;
+    let a = activator(ProxyOptions {
+        max_queued: 3,
+        ..options()
+    })
+    .await;
+    for (function, pod_name) in [("f", "p0"), ("g", "q0")] {
+        a.registry.set_function("ns", function, Some(config(1)));
+        a.registry
+            .upsert_pod("ns", function, pod(pod_name, up.addr));
+        let entry = a.registry.get("ns", function).unwrap();
+        wait_for(|| entry.snapshot(|s| s.instances().iter().any(|i| i.is_ready()))).await;
+    }
+    let f = a.registry.get("ns", "f").unwrap();
+    let g = a.registry.get("ns", "g").unwrap();
+    let mut tasks = vec![
+        tokio::spawn(get_fn(a.addr, "f", "sleep/500")),
+        tokio::spawn(get_fn(a.addr, "g", "sleep/500")),
+    ];
+    wait_for(|| f.snapshot(|s| s.in_flight()) == 1 && g.snapshot(|s| s.in_flight()) == 1).await;
+    for function in ["f", "f", "g"] {
+        tasks.push(tokio::spawn(get_fn(a.addr, function, "")));
+    }
+    wait_for(|| f.snapshot(|s| s.waiting()) == 2 && g.snapshot(|s| s.waiting()) == 1).await;
+    // g's own queue (maxPending 5) has room; the activator's does not.
+    let reply = get_fn(a.addr, "g", "").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert!(
+        reply.body.contains("activator queue full"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("\"maxQueued\":3"), "{}", reply.body);
+    assert_eq!(
+        g.snapshot(|s| s.waiting()),
+        1,
+        "the refused request left no trace"
+    );
+    for task in tasks {
+        assert_eq!(task.await.unwrap().status, 200);
+    }
+    // Places are given back: the bound admits again.
+    assert_eq!(get_fn(a.addr, "g", "").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_limit_gets_503_and_is_closed() {
+    let up = upstream().await;
+    let a = activator(ProxyOptions {
+        max_connections: 2,
+        ..options()
+    })
+    .await;
+    a.registry.set_function("ns", "f", Some(config(10)));
+    a.registry.upsert_pod("ns", "f", pod("p0", up.addr));
+    ready(&a.registry, 1).await;
+    let first = TcpStream::connect(a.addr).await.unwrap();
+    let second = TcpStream::connect(a.addr).await.unwrap();
+    let reply = raw(a.addr, b"", Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("retry-after: 1"), "{reply}");
+    assert!(reply.contains("maximum of 2 open connections"), "{reply}");
+    drop((first, second));
+    // Freed places serve again (the server notices the closes shortly).
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        let reply = raw(
+            a.addr,
+            b"GET / HTTP/1.1\r\nHost: f.ns.svc.cluster.local\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        if reply.starts_with("HTTP/1.1 200") {
+            status = StatusCode::OK;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+}

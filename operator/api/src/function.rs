@@ -208,13 +208,14 @@ pub struct PodTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
 
-    /// Pod-level security context; replaces thaw's restrictive default.
+    /// Pod-level security context, merged field by field over thaw's
+    /// restrictive default (runAsNonRoot, RuntimeDefault seccomp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<PodSecurityContext>,
 
-    /// Security context of the function's container; replaces thaw's
-    /// restrictive default (non-root, no privilege escalation, all
-    /// capabilities dropped, read-only root filesystem, RuntimeDefault seccomp).
+    /// Security context of the function's container, merged field by field
+    /// over thaw's restrictive default (no privilege escalation, all
+    /// capabilities dropped, read-only root filesystem).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_security_context: Option<SecurityContext>,
 }
@@ -223,14 +224,26 @@ pub struct PodTemplate {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTemplateMetadata {
+    /// Keys under `thaw.dev/` are thaw's own and refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("!('thaw.dev/function' in self)").message(
-        "podTemplate.metadata.labels must not set thaw.dev/function: thaw sets it"
-    ))]
+    #[x_kube(validation = reserved_keys_rule("labels"))]
     pub labels: Option<BTreeMap<String, String>>,
 
+    /// Keys under `thaw.dev/` are thaw's own and refused (e.g.
+    /// `thaw.dev/draining-since` would make every instance born draining).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = reserved_keys_rule("annotations"))]
     pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// The CEL rule refusing keys under `thaw.dev/` (thaw's labels and
+/// annotations on instance pods) in `podTemplate.metadata.<field>`, naming
+/// the first such key.
+fn reserved_keys_rule(field: &str) -> kube::core::Rule {
+    use kube::core::{Message, Rule};
+    Rule::new("!self.exists(k, k.startsWith('thaw.dev/'))").message(Message::Expression(format!(
+        "'podTemplate.metadata.{field} must not set ' + self.filter(k, k.startsWith('thaw.dev/'))[0] + ': keys under thaw.dev/ are reserved for thaw'"
+    )))
 }
 
 /// What thaw observed of a Function.

@@ -36,7 +36,7 @@ pub struct Context {
     /// Every instance pod (label `thaw.dev/function`), from a watch.
     pub pods: Store<Pod>,
     /// Which of them belong to which Function, from the same watch.
-    pub pod_index: PodIndex,
+    pub pod_index: Arc<PodIndex>,
     /// Every Function Service (label `thaw.dev/function`), from a watch.
     pub services: Store<Service>,
     /// Activator stats, merged; the HTTP endpoint feeds it.

@@ -138,7 +138,7 @@ impl GateClient {
             IpAddr::V4(ip) => format!("{ip}:{port}"),
             IpAddr::V6(ip) => format!("[{ip}]:{port}"),
         };
-        let uri: hyper::Uri = format!("http://{host}{GATE_STATE_PATH}")
+        let uri: http::Uri = format!("http://{host}{GATE_STATE_PATH}")
             .parse()
             .map_err(|e| format!("{e}"))?;
         let response = self

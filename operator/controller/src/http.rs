@@ -4,30 +4,36 @@
 //! replica, so a follower that takes over already knows the traffic.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
-};
-use prometheus::{Encoder, Registry, TextEncoder};
+use futures::FutureExt as _;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+use prometheus::{IntCounterVec, Registry};
 use thaw_core::{ActivatorReport, Autoscaler, Clock};
+use thaw_serve::{Admin, Body, Limits, read_body, text};
 use tokio::net::TcpListener;
 
 use crate::wake::Wakeups;
 use tracing::{debug, warn};
 
-/// Largest stats report accepted; a report is a few hundred bytes per function.
-const MAX_REPORT_BYTES: usize = 4 << 20;
+use crate::{
+    auth::{Authenticator, Rejection},
+    known::Known,
+};
+
+/// Largest stats report body accepted as sent (gzip-compressed, normally).
+pub const MAX_REPORT_BYTES: usize = 8 << 20;
+/// Largest report once decompressed: a report is about 100 bytes per
+/// Function plus 50 per instance, so this holds hundreds of thousands of
+/// instances; only a compression bomb comes near it.
+pub const MAX_DECODED_REPORT_BYTES: u64 = 64 << 20;
 
 /// What the endpoint serves from.
 #[derive(Clone)]
@@ -39,9 +45,25 @@ pub struct HttpState {
     pub wake: Wakeups,
     /// Set once the operator is serving (caches synced or following).
     pub ready: Arc<AtomicBool>,
+    /// Who may report; `None` only with `--allow-unauthenticated-stats`.
+    pub auth: Option<Arc<Authenticator>>,
+    /// `thaw_stats_rejected_total{reason}`.
+    pub rejected: IntCounterVec,
+    /// What reports are checked against before they are merged.
+    pub known: Known,
 }
 
-type Body = Full<Bytes>;
+/// What clients of the endpoint are held to: headers within 5 s (an idle
+/// keep-alive connection closes then too; activators report every second),
+/// a report within 10 s, at most 1024 connections and 32 per address (an
+/// activator needs one or two).
+pub const LIMITS: Limits = Limits {
+    header_read_timeout: Duration::from_secs(5),
+    body_timeout: Duration::from_secs(10),
+    max_body_bytes: MAX_REPORT_BYTES,
+    max_connections: 1024,
+    max_connections_per_ip: 32,
+};
 
 /// Binds the endpoint's address, so a taken port fails the start at once.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -56,68 +78,40 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                let service = service_fn(move |req| handle(req, state.clone()));
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        debug!(%error, "connection ended");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    graceful.shutdown().await;
+    let admin = Admin {
+        registry: state.registry.clone(),
+        ready: {
+            let ready = state.ready.clone();
+            Arc::new(move || ready.load(Ordering::Relaxed))
+        },
+        limits: LIMITS,
+        routes: Some(Arc::new(move |req: Request<Incoming>| {
+            let state = state.clone();
+            (req.method() == Method::POST && req.uri().path() == "/v1/stats")
+                .then(|| async move { stats(req, &state).await }.boxed())
+        })),
+    };
+    thaw_serve::serve(listener, admin, shutdown).await?;
     Ok(())
 }
 
-async fn handle(req: Request<Incoming>, state: HttpState) -> Result<Response<Body>, Infallible> {
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-        (&Method::GET, "/readyz") if state.ready.load(Ordering::Relaxed) => {
-            text(StatusCode::OK, "ok")
-        }
-        (&Method::GET, "/readyz") => text(StatusCode::SERVICE_UNAVAILABLE, "starting"),
-        (&Method::GET, "/metrics") => metrics(&state.registry),
-        (&Method::POST, "/v1/stats") => stats(req, &state).await,
-        _ => text(StatusCode::NOT_FOUND, "not found"),
-    })
-}
-
-fn metrics(registry: &Registry) -> Response<Body> {
-    let mut buffer = Vec::new();
-    match TextEncoder::new().encode(&registry.gather(), &mut buffer) {
-        Ok(()) => Response::builder()
-            .header("content-type", TextEncoder::new().format_type())
-            .body(Full::new(Bytes::from(buffer)))
-            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
-        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
-    }
-}
-
 async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
-    let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(error) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("reading report: {error}"),
-            );
-        }
+    // Who is sending, before a byte of the body is read.
+    let identity = match &state.auth {
+        Some(auth) => match auth
+            .authenticate(req.headers(), state.clock.now(), SystemTime::now())
+            .await
+        {
+            Ok(identity) => Some(identity),
+            Err(rejection) => return reject(state, &rejection),
+        },
+        None => None,
     };
-    let report: ActivatorReport = match serde_json::from_slice(&body) {
+    let body = match read_report(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut report: ActivatorReport = match serde_json::from_slice(&body) {
         Ok(report) => report,
         Err(error) => {
             return text(
@@ -126,6 +120,10 @@ async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
             );
         }
     };
+    if let Some(Err(rejection)) = identity.map(|i| i.check_activator(&report.activator)) {
+        return reject(state, &rejection);
+    }
+    state.known.vet(&mut report);
     let now = state.clock.now();
     let ingested = state
         .autoscaler
@@ -148,8 +146,116 @@ async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *response.status_mut() = status;
+/// The report's JSON: the body, gunzipped when `Content-Encoding: gzip`,
+/// each size bounded on its own.
+async fn read_report(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    let encoding = req
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+    let body = read_body(req.into_body(), &LIMITS)
+        .await
+        .map_err(|error| error.response(&LIMITS))?;
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(body),
+        Some("gzip") => gunzip(&body, MAX_DECODED_REPORT_BYTES)
+            .map_err(|(status, message)| text(status, &message)),
+        Some(other) => Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("content-encoding {other:?} is not supported: send gzip or nothing"),
+        )),
+    }
+}
+
+/// Decompresses `body`, refusing to produce more than `limit` bytes.
+pub fn gunzip(body: &[u8], limit: u64) -> Result<Bytes, (StatusCode, String)> {
+    use std::io::Read as _;
+    let mut decoded = Vec::with_capacity(body.len().saturating_mul(8).min(1 << 20));
+    flate2::read::GzDecoder::new(body)
+        .take(limit + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|error| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("malformed gzip report: {error}"),
+            )
+        })?;
+    if decoded.len() as u64 > limit {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the report decompresses to more than {limit} bytes"),
+        ));
+    }
+    Ok(Bytes::from(decoded))
+}
+
+/// Refuses a report without touching any state, and counts it.
+fn reject(state: &HttpState, rejection: &Rejection) -> Response<Body> {
+    state.rejected.with_label_values(&[rejection.label()]).inc();
+    debug!(%rejection, "refused a stats report");
+    let mut response = text(rejection.status(), &rejection.to_string());
+    if rejection.status() == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            "www-authenticate",
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    if rejection.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use thaw_core::{FunctionReport, InstanceReport};
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// 2,000 Functions with 100 instances each: a report larger than the
+    /// body limit as JSON, far below it compressed, read back whole.
+    #[test]
+    fn a_large_legitimate_report_is_never_refused() {
+        let mut report = ActivatorReport::new("thaw-activator-7d9f8-abcde", 7, 42, 1000);
+        for f in 0..2000 {
+            let mut function = FunctionReport::new(format!("team-{}", f % 50), format!("fn-{f}"));
+            function.concurrency = 1.5;
+            function.requests = 10;
+            function.instances = (0..100)
+                .map(|i| InstanceReport::idle(format!("fn-{f}-{i:05x}"), 1234))
+                .collect();
+            report.functions.push(function);
+        }
+        let json = serde_json::to_vec(&report).unwrap();
+        assert!(json.len() > MAX_REPORT_BYTES, "{} bytes", json.len());
+        let body = gzip(&json);
+        assert!(
+            body.len() < MAX_REPORT_BYTES / 4,
+            "{} bytes compressed",
+            body.len()
+        );
+        let decoded = gunzip(&body, MAX_DECODED_REPORT_BYTES).unwrap();
+        let back: ActivatorReport = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn a_compression_bomb_is_refused_at_the_decoded_limit() {
+        let body = gzip(&vec![b' '; 10 << 20]);
+        let (status, message) = gunzip(&body, 1 << 20).unwrap_err();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(message.contains("decompresses to more than"), "{message}");
+        let (status, _) = gunzip(b"not gzip", 1 << 20).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
 }

@@ -2,17 +2,20 @@
 //! that it creates and deletes one by one.
 
 pub mod actions;
+pub mod auth;
 pub mod coldstart;
 pub mod context;
 pub mod error;
 pub mod gate;
 pub mod instance;
+pub mod known;
 pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
 pub mod pod;
 pub mod pod_index;
 pub mod reconcile;
+pub mod security;
 pub mod service;
 pub mod status;
 pub mod wake;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-        SeccompProfile, SecurityContext, TCPSocketAction,
+        ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SecurityContext,
+        TCPSocketAction,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -21,6 +21,8 @@ use thaw_api::{
 };
 use thaw_gate::GatePorts;
 
+use crate::security::{container_security_context, pod_security_context};
+
 /// Seconds a pod gets after SIGTERM on top of the request timeout, so a
 /// request admitted just before deletion can still finish.
 const SHUTDOWN_MARGIN_SECONDS: i64 = 5;
@@ -34,8 +36,9 @@ pub fn selector_labels(function_name: &str) -> BTreeMap<String, String> {
 ///
 /// Defaults are restrictive (non-root, read-only root filesystem, no
 /// capabilities, RuntimeDefault seccomp, no service links, no API token);
-/// `spec.podTemplate` replaces them. The gate sidecar (`gate_image`, thaw's
-/// own) holds the hard concurrency limit in front of the function.
+/// `spec.podTemplate`'s security contexts merge over them field by field
+/// ([`crate::security`]). The gate sidecar (`gate_image`, thaw's own) holds
+/// the hard concurrency limit in front of the function.
 pub fn instance_pod(function: &Function, pod_name: &str, gate_image: &str) -> Pod {
     let spec = &function.spec;
     let name = function.metadata.name.clone().unwrap_or_default();
@@ -77,16 +80,7 @@ pub fn instance_pod(function: &Function, pod_name: &str, gate_image: &str) -> Po
             enable_service_links: Some(false),
             node_selector: template.node_selector,
             tolerations: template.tolerations,
-            security_context: Some(template.security_context.unwrap_or_else(|| {
-                PodSecurityContext {
-                    run_as_non_root: Some(true),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".into(),
-                        ..SeccompProfile::default()
-                    }),
-                    ..PodSecurityContext::default()
-                }
-            })),
+            security_context: Some(pod_security_context(template.security_context.as_ref())),
             ..PodSpec::default()
         }),
         status: None,
@@ -137,17 +131,9 @@ fn container(spec: &FunctionSpec) -> Container {
         }]),
         resources: spec.resources.clone(),
         readiness_probe: Some(readiness),
-        security_context: Some(template.container_security_context.unwrap_or_else(|| {
-            SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }
-        })),
+        security_context: Some(container_security_context(
+            template.container_security_context.as_ref(),
+        )),
         ..Container::default()
     }
 }
@@ -246,6 +232,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
     use thaw_api::{PodTemplate, PodTemplateMetadata};
 
     const GATE_IMAGE: &str = "thaw.dev/thaw:test";
@@ -354,6 +341,39 @@ mod tests {
                 .and_then(|s| s.read_only_root_filesystem),
             Some(false)
         );
+    }
+
+    #[test]
+    fn a_partial_security_context_keeps_the_restrictive_defaults() {
+        let mut f = hello();
+        f.spec.pod_template = Some(PodTemplate {
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(1000),
+                ..PodSecurityContext::default()
+            }),
+            container_security_context: Some(SecurityContext {
+                run_as_group: Some(1000),
+                ..SecurityContext::default()
+            }),
+            ..PodTemplate::default()
+        });
+        let spec = instance_pod(&f, "hello-abcde", GATE_IMAGE)
+            .spec
+            .expect("spec");
+        let pod_sc = spec.security_context.expect("pod security context");
+        assert_eq!(pod_sc.run_as_user, Some(1000));
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_sc.seccomp_profile.map(|p| p.type_).as_deref(),
+            Some("RuntimeDefault")
+        );
+        let sc = spec.containers[0]
+            .security_context
+            .clone()
+            .expect("container");
+        assert_eq!(sc.run_as_group, Some(1000));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
     }
 
     #[test]

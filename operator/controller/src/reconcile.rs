@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use serde_json::json;
@@ -30,7 +30,7 @@ use crate::{
     instance::{Instance, InstanceState, classify},
     memory::FunctionMemory,
     pod::spec_hash,
-    service::function_service,
+    service::{ServicePlan, function_service, plan_service},
     status::{Observed, Trouble, build_status},
     wallclock::{instant_at, round_to_second, wall_at},
 };
@@ -135,8 +135,8 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
         record_cold_start(&ctx, &function, &pod_api, &key, pod, breakdown).await?;
     }
     annotate_expiries(&ctx, &pod_api, &pods, &plan.decision, now, wall).await?;
-    apply_service(&ctx, &function, &namespace, &name).await?;
-    apply_status(&ctx, &function, &key, &plan, now, wall).await?;
+    let conflict = apply_service(&ctx, &function, &namespace, &name).await?;
+    apply_status(&ctx, &function, &key, &plan, conflict, now, wall).await?;
     record_gauges(&ctx, &namespace, &name, &plan.decision);
 
     let wake = [
@@ -337,33 +337,53 @@ pub fn settings(function: &Function) -> Settings {
     }
 }
 
-/// Applies the Function's Service only when the cached one differs from
-/// what the controller wants (or is missing): an unchanged Service costs no
-/// API request.
+/// Creates or updates the Function's Service, unless a Service of that
+/// name is not this Function's: then it is left alone and the conflict
+/// returned for the status. A Service the cache shows as already right costs
+/// no API request.
 async fn apply_service(
     ctx: &Context,
     function: &Function,
     namespace: &str,
     name: &str,
-) -> Result<(), Error> {
+) -> Result<Option<Trouble>, Error> {
+    let api = Api::<Service>::namespaced(ctx.client.clone(), namespace);
+    let failed = |source| Error::ApplyService {
+        name: name.to_owned(),
+        source,
+    };
     let service = function_service(function, &ctx.config.activator_host);
     let live = ctx.services.get(&ObjectRef::new(name).within(namespace));
     if live.is_some_and(|live| service_is_current(&live, &service)) {
-        return Ok(());
+        return Ok(None);
     }
-    ctx.metrics.writes.with_label_values(&["service"]).inc();
-    Api::<Service>::namespaced(ctx.client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&service),
-        )
-        .await
-        .map_err(|source| Error::ApplyService {
-            name: name.to_owned(),
-            source,
-        })?;
-    Ok(())
+    // Not known to be right: read it (the cache holds only thaw's Services,
+    // not an unrelated one of the same name) before touching anything.
+    let existing = api.get_opt(name).await.map_err(failed)?;
+    match plan_service(function, existing.as_ref()) {
+        // A create, not an apply: if another Service appeared meanwhile it
+        // fails instead of taking that one over.
+        ServicePlan::Create => {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            ctx.metrics.writes.with_label_values(&["service"]).inc();
+            api.create(&params, &service).await.map_err(failed)?;
+        }
+        ServicePlan::Update => {
+            ctx.metrics.writes.with_label_values(&["service"]).inc();
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&service),
+            )
+            .await
+            .map_err(failed)?;
+        }
+        ServicePlan::Conflict(trouble) => return Ok(Some(trouble)),
+    }
+    Ok(None)
 }
 
 /// Whether `live` has everything `desired` sets: its labels, its owner, and
@@ -404,6 +424,7 @@ async fn apply_status(
     function: &Function,
     key: &FunctionKey,
     plan: &Plan,
+    service_conflict: Option<Trouble>,
     now: Instant,
     wall: Timestamp,
 ) -> Result<(), Error> {
@@ -426,7 +447,7 @@ async fn apply_status(
                 .as_ref()
                 .and_then(|s| s.last_request_time.as_ref().map(|t| t.0))
         }),
-        trouble: plan.trouble.clone(),
+        trouble: plan.trouble.clone().or(service_conflict),
         scaling: plan.last_action.clone(),
         panic: plan.decision.panic,
         previous: function.status.as_ref(),

@@ -31,9 +31,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     actions::publish,
+    auth::{self, Authenticator, KubeReviewer, StatsAuth},
     context::{Config, Context},
     error::Error,
     http::{self, HttpState},
+    known::Known,
     lifecycle,
     metrics::Metrics,
     pod_index::PodIndex,
@@ -59,6 +61,8 @@ pub struct Options {
     /// seen running is expected to report: until it does (or is forgotten),
     /// no instance is reaped, since it may carry requests.
     pub activator_selector: Option<String>,
+    /// Who may send stats reports.
+    pub stats_auth: StatsAuth,
 }
 
 /// Runs the operator until `shutdown` completes.
@@ -74,7 +78,37 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let auth = match &options.stats_auth {
+        StatsAuth::Activators {
+            audience,
+            service_accounts,
+        } => Some(Arc::new(Authenticator::new(
+            Arc::new(KubeReviewer(client.clone())),
+            audience,
+            service_accounts,
+        )?)),
+        StatsAuth::Off => {
+            warn!(
+                "--allow-unauthenticated-stats: anyone who can reach the stats endpoint can scale Functions"
+            );
+            None
+        }
+    };
+    // Every replica caches Functions and instance pods from the start: to
+    // vet reports (all replicas take them), and so a new leader starts warm.
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_index = Arc::new(PodIndex::default());
+    let (functions, function_writer) = reflector::store::<DeserializeGuard<Function>>();
+    let caches = spawn_caches(
+        client.clone(),
+        options.watch_namespace.as_deref(),
+        (pod_writer, pod_index.clone()),
+        function_writer,
+    );
     let http_state = HttpState {
+        known: Known::new(functions, pods.clone(), &metrics.registry)?,
+        rejected: auth::rejected_counter(&metrics.registry)?,
+        auth,
         registry: metrics.registry.clone(),
         autoscaler: autoscaler.clone(),
         clock: clock.clone(),
@@ -106,9 +140,6 @@ pub async fn run(
     ready.store(true, Ordering::Relaxed);
     info!(identity = %options.identity, "waiting for leadership");
 
-    // The pod cache fills from the start, on followers too, so a replica
-    // that takes over decides within seconds instead of listing first.
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let (services, service_writer) = reflector::store::<Service>();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -122,7 +153,7 @@ pub async fn run(
         metrics,
         config: options.config.clone(),
         pods,
-        pod_index: PodIndex::default(),
+        pod_index: pod_index.clone(),
         services,
         autoscaler,
         memory: Mutex::default(),
@@ -131,12 +162,6 @@ pub async fn run(
     });
     // Every replica forgets deleted Functions (followers hold their stats).
     lifecycle::start(client.clone(), options.watch_namespace.as_deref(), &ctx)?;
-    let cache = tokio::spawn(pod_cache(
-        client.clone(),
-        options.watch_namespace.clone(),
-        pod_writer,
-        ctx.clone(),
-    ));
 
     // One stop signal for everything: SIGTERM, or losing the Lease.
     let stop_on_signal = stop_tx.clone();
@@ -183,7 +208,7 @@ pub async fn run(
         break;
     }
     info!("shutting down");
-    cache.abort();
+    caches.abort();
     let _ = stop_tx.send(true);
     drop(leader);
     match lease_task.await {
@@ -230,7 +255,44 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// The controller over guarded Function watches and the instance pod cache.
+/// The watches behind the Function and instance pod caches.
+fn spawn_caches(
+    client: Client,
+    namespace: Option<&str>,
+    (pods, index): (reflector::store::Writer<Pod>, Arc<PodIndex>),
+    functions: reflector::store::Writer<DeserializeGuard<Function>>,
+) -> tokio::task::JoinHandle<()> {
+    let (function_api, pod_api) = match namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<Function>>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let pods = reflector::reflector(
+        pods,
+        watcher(pod_api, watcher::Config::default().labels(FUNCTION_LABEL)),
+    )
+    .default_backoff()
+    .for_each(move |event| {
+        if let Ok(event) = &event {
+            index.apply(event);
+        }
+        std::future::ready(())
+    });
+    let functions = reflector::reflector(
+        functions,
+        watcher(function_api, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+    tokio::spawn(async move {
+        futures::future::join(pods, functions).await;
+    })
+}
+
+/// The controller over guarded Function watches; reconciles read pods from
+/// the instance pod cache.
 async fn controller(
     client: Client,
     namespace: Option<&str>,
@@ -283,32 +345,6 @@ async fn controller(
             }
         })
         .await;
-}
-
-/// Keeps the instance pod cache and its index by Function, which
-/// reconciles read from, until aborted.
-async fn pod_cache(
-    client: Client,
-    namespace: Option<String>,
-    writer: reflector::store::Writer<Pod>,
-    ctx: Arc<Context>,
-) {
-    let pods = match &namespace {
-        Some(ns) => Api::<Pod>::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    reflector::reflector(
-        writer,
-        watcher(pods, watcher::Config::default().labels(FUNCTION_LABEL)),
-    )
-    .default_backoff()
-    .for_each(move |event| {
-        if let Ok(event) = &event {
-            ctx.pod_index.apply(event);
-        }
-        std::future::ready(())
-    })
-    .await;
 }
 
 /// Unwraps the guard: an object that does not decode is reported on itself

@@ -5,7 +5,46 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use kube::{Resource, api::ObjectMeta};
 use thaw_api::Function;
 
-use crate::pod::selector_labels;
+use crate::{pod::selector_labels, status::Trouble};
+
+/// What to do about the Function's Service, given the one of that name the
+/// API server has (if any): thaw creates it or updates its own, and never
+/// touches a Service it does not control.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServicePlan {
+    Create,
+    Update,
+    /// Someone else's Service has the name: leave it, report this.
+    Conflict(Trouble),
+}
+
+/// The plan for `function`'s Service when `existing` has its name: ours
+/// only if controlled (ownerReference `controller: true`) by this very
+/// Function, by uid.
+pub fn plan_service(function: &Function, existing: Option<&Service>) -> ServicePlan {
+    let Some(existing) = existing else {
+        return ServicePlan::Create;
+    };
+    let uid = function.metadata.uid.as_deref();
+    let ours = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && uid == Some(o.uid.as_str()));
+    if ours {
+        return ServicePlan::Update;
+    }
+    let namespace = existing.metadata.namespace.as_deref().unwrap_or_default();
+    let name = existing.metadata.name.as_deref().unwrap_or_default();
+    ServicePlan::Conflict(Trouble {
+        reason: "ServiceConflict".into(),
+        message: format!(
+            "Service {namespace}/{name} exists and is not controlled by this Function; thaw leaves it alone. \
+             The Function is served by the activator by path and by Host; rename the Function or remove that Service for the in-cluster name"
+        ),
+    })
+}
 
 /// The Service named after `function`, pointing at `activator_host`
 /// (the activator Service's cluster DNS name).
@@ -36,7 +75,61 @@ pub fn function_service(function: &Function, activator_host: &str) -> Service {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
     use super::*;
+
+    fn owned_by(uid: &str, controller: bool) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "thaw.dev/v1alpha1".into(),
+                    kind: "Function".into(),
+                    name: "web".into(),
+                    uid: uid.into(),
+                    controller: Some(controller),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn only_a_service_this_function_controls_is_touched() {
+        let mut f: Function = serde_yaml::from_str(
+            "apiVersion: thaw.dev/v1alpha1\nkind: Function\nmetadata: {name: web, namespace: ns}\nspec: {image: x}\n",
+        )
+        .expect("function");
+        f.metadata.uid = Some("u1".into());
+        assert_eq!(plan_service(&f, None), ServicePlan::Create);
+        assert_eq!(
+            plan_service(&f, Some(&owned_by("u1", true))),
+            ServicePlan::Update
+        );
+        let unrelated = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            ..Service::default()
+        };
+        for other in [unrelated, owned_by("u0", true), owned_by("u1", false)] {
+            let ServicePlan::Conflict(trouble) = plan_service(&f, Some(&other)) else {
+                panic!("{other:?} is not this Function's");
+            };
+            assert_eq!(trouble.reason, "ServiceConflict");
+            assert!(
+                trouble.message.contains("Service ns/web"),
+                "{}",
+                trouble.message
+            );
+        }
+    }
 
     #[test]
     fn service_aliases_the_activator_and_is_owned() {

@@ -12,6 +12,7 @@
 //! - [`autoscaler`]: [`Autoscaler`], the one owner of every Function's
 //!   autoscaler state (merged stats and scaler memory).
 //! - [`clock`]: [`Clock`], real and simulated.
+//! - [`vet`]: a report checked against the cluster before it is merged.
 //!
 //! The rule it exists to keep: an instance is destroyed once it has been
 //! idle — nothing in flight on any activator — for the Function's
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod decide;
 pub mod duration;
 pub mod stats;
+pub mod vet;
 pub mod view;
 
 pub use autoscaler::{Autoscaler, Ingested};
@@ -33,6 +35,7 @@ pub use decide::{
 };
 pub use duration::{GoStyle, format_duration};
 pub use stats::{ActivatorReport, FunctionReport, InstanceReport, REPORT_VERSION, StatsError};
+pub use vet::{KnownFunction, Vetting, vet_report};
 pub use view::{
     ActivatorView, FunctionKey, FunctionView, PanicState, SOFT_TARGET, ScalerMemory, Tuning,
 };

@@ -15,6 +15,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 use rand::distr::{Alphanumeric, SampleString};
+use thaw_controller::auth::{DEFAULT_AUDIENCE as DEFAULT_STATS_AUDIENCE, StatsAuth};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -115,6 +116,18 @@ struct OperatorArgs {
     /// Image of the gate sidecar in every instance pod: thaw's own image.
     #[arg(long, env = "THAW_GATE_IMAGE", default_value = concat!("thaw.dev/thaw:", env!("CARGO_PKG_VERSION")))]
     gate_image: String,
+    /// ServiceAccount (<namespace>/<name>) whose pods may send stats reports, each for
+    /// itself only (its token is bound to the pod named as the report's activator);
+    /// repeatable. Reports are authenticated with a TokenReview.
+    #[arg(long = "activator-service-account", value_delimiter = ',')]
+    activator_service_accounts: Vec<String>,
+    /// Audience the activators' tokens must carry.
+    #[arg(long, default_value = DEFAULT_STATS_AUDIENCE)]
+    stats_audience: String,
+    /// Accept stats reports from anyone (local development only): whoever reaches the
+    /// endpoint can then scale every Function.
+    #[arg(long, conflicts_with = "activator_service_accounts")]
+    allow_unauthenticated_stats: bool,
 }
 
 #[derive(Args)]
@@ -141,6 +154,13 @@ struct ActivatorArgs {
         value_delimiter = ','
     )]
     autoscaler_urls: Vec<String>,
+    /// The projected ServiceAccount token sent with every stats report (re-read when
+    /// kubelet rotates it); reports go without one when the file does not exist.
+    #[arg(long, env = "THAW_TOKEN_FILE", default_value = thaw_activator::DEFAULT_TOKEN_FILE)]
+    token_file: PathBuf,
+    /// Audience the token is expected to carry (a mismatch is logged at start).
+    #[arg(long, default_value = DEFAULT_STATS_AUDIENCE)]
+    stats_audience: String,
     /// This replica's id in stats reports; the pod name in a cluster, random when unset.
     #[arg(long, env = "POD_NAME")]
     id: Option<String>,
@@ -164,6 +184,13 @@ struct ActivatorArgs {
     /// Most headers in one request.
     #[arg(long, default_value_t = 100)]
     max_headers: usize,
+    /// Most open client connections; one more is answered 503 (Retry-After) and closed.
+    #[arg(long, env = "THAW_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: usize,
+    /// Most requests waiting for an instance across all Functions together (each
+    /// Function's queue.maxPending bounds it alone); one more gets 503 with Retry-After.
+    #[arg(long, env = "THAW_MAX_QUEUED_REQUESTS", default_value_t = 10_000)]
+    max_queued_requests: usize,
     /// Time between stats reports.
     #[arg(long, default_value = "1s", value_parser = duration)]
     report_interval: Duration,
@@ -240,6 +267,19 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
         watch_namespace: args.watch_namespace,
         activator_selector: args.activator_selector,
+        stats_auth: if args.allow_unauthenticated_stats {
+            StatsAuth::Off
+        } else if args.activator_service_accounts.is_empty() {
+            anyhow::bail!(
+                "name the activators' ServiceAccount with --activator-service-account <namespace>/<name> \
+                 (or pass --allow-unauthenticated-stats for local development)"
+            );
+        } else {
+            StatsAuth::Activators {
+                audience: args.stats_audience,
+                service_accounts: args.activator_service_accounts,
+            }
+        },
     };
     thaw_controller::run::run(client, options, shutdown_signal()?.boxed()).await
 }
@@ -267,6 +307,8 @@ async fn activator(args: ActivatorArgs) -> anyhow::Result<()> {
             body_idle_timeout: args.body_idle_timeout,
             max_header_bytes: args.max_header_bytes,
             max_headers: args.max_headers,
+            max_connections: args.max_connections,
+            max_queued: args.max_queued_requests,
             ..thaw_activator::ProxyOptions::default()
         },
         http_addr: args.http_addr,
@@ -279,6 +321,8 @@ async fn activator(args: ActivatorArgs) -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
         shutdown_delay: args.shutdown_delay,
         static_functions: args.static_functions,
+        token_file: args.token_file,
+        stats_audience: args.stats_audience,
     };
     thaw_activator::run(client, options, shutdown_signal()?.boxed()).await
 }
