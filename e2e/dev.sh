@@ -25,8 +25,10 @@ run() {
   echo $! >"$pids/$name.pid"
 }
 
+# The activator here is a process, not a pod with a bound token, so stats are
+# taken unauthenticated; the operator listens on loopback only.
 run thaw-operator "$thaw" operator --kubeconfig "$kubeconfig" --http-addr 127.0.0.1:9090 \
-  --lease-namespace thaw-system --identity dev-operator
+  --lease-namespace thaw-system --identity dev-operator --allow-unauthenticated-stats
 run thaw-activator "$thaw" activator --kubeconfig "$kubeconfig" --http-addr "127.0.0.1:$proxy_port" \
   --admin-addr 127.0.0.1:9091 --autoscaler-url http://127.0.0.1:9090/v1/stats --id dev-activator
 wait_until "thaw operator" 30 curl -sf http://127.0.0.1:9090/readyz
