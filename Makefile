@@ -80,6 +80,11 @@ images: ## Build the thaw image and the sample function images with docker.
 kind-e2e: ## On a kind cluster: build and load the images, helm install, run the e2e tests (Docker needed).
 	bash e2e/kind/run.sh
 
+.PHONY: bench-scale
+bench-scale: cluster-up ## 1000 Functions on one operator and activator: time to Ready, RSS, idle API writes, routing latency.
+	$(CARGO) build -p thaw
+	bash e2e/bench/scale.sh
+
 .PHONY: bench-pod-start
 bench-pod-start: cluster-up ## Time pods of the sample function from creation to Ready on the local cluster.
 	bash e2e/bench/pod-start.sh

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use thaw_api::FunctionStatus;
+
 use crate::coldstart::Timeline;
 
 /// First delay before replacing a crashed instance; doubles per crash.
@@ -41,6 +43,31 @@ pub struct FunctionMemory {
     /// the `Scaling` condition (so the status changes with decisions, not
     /// with every stats tick).
     pub last_action: Option<String>,
+    /// The last status written, and what the cache showed before it.
+    pub status_written: StatusWrite,
+}
+
+/// The controller's last status write of a Function.
+#[derive(Debug, Default)]
+pub struct StatusWrite {
+    last: Option<(Option<FunctionStatus>, FunctionStatus)>,
+}
+
+impl StatusWrite {
+    /// Remembers that `written` replaced `cached`.
+    pub fn record(&mut self, cached: Option<FunctionStatus>, written: FunctionStatus) {
+        self.last = Some((cached, written));
+    }
+
+    /// Whether writing `desired` now would repeat the last write to a cache
+    /// that has not caught up with it: the cache still shows what it showed
+    /// before that write, and the write was `desired`. Anything else (the
+    /// status changed under us, or we want something new) is written.
+    pub fn is_echo(&self, cached: Option<&FunctionStatus>, desired: &FunctionStatus) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|(before, written)| before.as_ref() == cached && written == desired)
+    }
 }
 
 impl FunctionMemory {
@@ -118,6 +145,28 @@ mod tests {
         assert!(m.deleted.contains_key("c"));
         m.settle(&HashSet::new(), &HashSet::new(), t0 + EXPECTATION_TTL);
         assert!(m.created.is_empty() && m.deleted.is_empty());
+    }
+
+    #[test]
+    fn a_status_write_the_cache_has_not_shown_yet_is_not_repeated() {
+        let old = FunctionStatus {
+            desired_instances: Some(0),
+            ..FunctionStatus::default()
+        };
+        let new = FunctionStatus {
+            desired_instances: Some(1),
+            ..FunctionStatus::default()
+        };
+        let mut w = StatusWrite::default();
+        assert!(!w.is_echo(Some(&old), &new), "nothing written yet");
+        w.record(Some(old.clone()), new.clone());
+        assert!(w.is_echo(Some(&old), &new), "stale cache, same status");
+        let newer = FunctionStatus {
+            desired_instances: Some(2),
+            ..FunctionStatus::default()
+        };
+        assert!(!w.is_echo(Some(&old), &newer), "something new to say");
+        assert!(!w.is_echo(None, &new), "changed under us");
     }
 
     #[test]

@@ -456,6 +456,16 @@ async fn apply_status(
     if function.status.as_ref() == Some(&status) {
         return Ok(());
     }
+    // The cache may not show our last write yet (a reconcile woken by
+    // another event): writing the same again would cost a request for
+    // nothing.
+    if ctx
+        .memory()
+        .get(key)
+        .is_some_and(|m| m.status_written.is_echo(function.status.as_ref(), &status))
+    {
+        return Ok(());
+    }
     ctx.metrics.writes.with_label_values(&["status"]).inc();
     let patch = json!({
         "apiVersion": "thaw.dev/v1alpha1",
@@ -470,6 +480,11 @@ async fn apply_status(
         )
         .await
         .map_err(Error::ApplyStatus)?;
+    ctx.memory()
+        .entry(key.clone())
+        .or_default()
+        .status_written
+        .record(function.status.clone(), status);
     Ok(())
 }
 

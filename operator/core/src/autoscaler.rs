@@ -282,11 +282,15 @@ impl Autoscaler {
                 woken.push(key.clone());
             }
             let entry = self.functions.entry(key.clone()).or_default();
-            entry.samples.push_back(Sample {
-                activator: report.activator.clone(),
-                span,
-                concurrency: function.concurrency,
-            });
+            // A sample of 0 adds nothing to any window: idle Functions
+            // (most of them, in a large cluster) cost no sample memory.
+            if function.concurrency > 0.0 {
+                entry.samples.push_back(Sample {
+                    activator: report.activator.clone(),
+                    span,
+                    concurrency: function.concurrency,
+                });
+            }
             if function.requests > 0 {
                 entry.last_request = Some(received);
             }
