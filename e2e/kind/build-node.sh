@@ -170,19 +170,17 @@ build_component_images() {
       pause)
         [[ $tag == "$PAUSE_VERSION" ]] || { echo "kubeadm wants $image; set PAUSE_VERSION=$tag" >&2; exit 1; }
         image_from_binaries "$image" '["/pause"]' 65535 / "$pause_dir/pause" ;;
+      kube-proxy)
+        # It runs iptables: the node's base root filesystem plus the binary.
+        local ctx; ctx="$(mktemp -d)"
+        cp "$node_bin/kube-proxy" "$ctx/"
+        printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base_image" >"$ctx/Dockerfile"
+        docker build -q -t "$image" "$ctx" >/dev/null
+        rm -rf "$ctx" ;;
       *) echo "kubeadm wants $image, which build-node.sh does not build" >&2; exit 1 ;;
     esac
     built+=("$image")
   done < <(kubeadm_images)
-  # kube-proxy is not in kubeadm's list (it comes with the release); it runs
-  # iptables, so its image is the node's base root filesystem plus the binary.
-  local proxy="registry.k8s.io/kube-proxy:$KUBERNETES_VERSION" ctx
-  ctx="$(mktemp -d)"
-  cp "$node_bin/kube-proxy" "$ctx/"
-  printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$base_image" >"$ctx/Dockerfile"
-  docker build -q -t "$proxy" "$ctx" >/dev/null
-  rm -rf "$ctx"
-  built+=("$proxy")
   printf '%s\n' "${built[@]}"
 }
 
@@ -191,8 +189,10 @@ build_image() {
   local start=$SECONDS base_image="thaw.dev/kind-base:$DEBIAN_SUITE-$base_key"
   docker image inspect "$base_image" >/dev/null 2>&1 || docker import "$base_dir/rootfs.tar" "$base_image" >/dev/null
   log "building the component images"
-  local images; mapfile -t images < <(build_component_images "$base_image")
-  local ctx; ctx="$(mktemp -d)"
+  local ctx images; ctx="$(mktemp -d)"
+  build_component_images "$base_image" >"$ctx/images.list"
+  mapfile -t images <"$ctx/images.list"
+  ((${#images[@]} >= 7)) || { echo "kubeadm listed too few images: ${images[*]}" >&2; exit 1; }
   docker save "${images[@]}" >"$ctx/images.tar"
 
   log "building the node image $node_image"
