@@ -134,20 +134,22 @@ CONFIG
 }
 etcd_tag="${ETCD_VERSION#v}-0"
 
-# image_from_binaries TAG ENTRYPOINT_JSON USER DIR FILE...: a FROM scratch
-# image holding the static FILEs in DIR.
+# image_from_binaries TAG ENTRYPOINT_JSON USER DIR FILE...: a one-layer
+# image (`docker import`, no base) holding the static FILEs in DIR. With
+# FILE_CAPS set, the files get those file capabilities; import keeps the
+# xattr, a Dockerfile COPY does not.
 image_from_binaries() {
   local tag=$1 entrypoint=$2 user=$3 dir=$4 ctx; shift 4
   ctx="$(mktemp -d)"
-  cp "$@" "$ctx/"
-  {
-    echo "FROM scratch"
-    for f in "$@"; do echo "COPY $(basename "$f") $dir/$(basename "$f")"; done
-    echo 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-    echo "USER $user"
-    echo "ENTRYPOINT $entrypoint"
-  } >"$ctx/Dockerfile"
-  docker build -q -t "$tag" "$ctx" >/dev/null
+  mkdir -p "$ctx/root/$dir"
+  cp "$@" "$ctx/root/$dir/"
+  if [[ -n ${FILE_CAPS:-} ]]; then
+    for f in "$@"; do setcap "$FILE_CAPS" "$ctx/root/$dir/$(basename "$f")"; done
+  fi
+  tar -C "$ctx/root" --xattrs --xattrs-include='security.*' --owner=0 --group=0 --numeric-owner -cf - . |
+    docker import \
+      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change "USER $user" --change "ENTRYPOINT $entrypoint" - "$tag" >/dev/null
   rm -rf "$ctx"
 }
 
@@ -165,8 +167,10 @@ build_component_images() {
       etcd) image_from_binaries "$image" '["/usr/local/bin/etcd"]' 0 /usr/local/bin "$cache/etcd-$ETCD_VERSION/bin/etcd" ;;
       coredns)
         [[ $tag == "$COREDNS_VERSION" ]] || { echo "kubeadm wants $image; set COREDNS_VERSION=$tag" >&2; exit 1; }
-        # The upstream image's entrypoint and user (distroless nonroot).
-        image_from_binaries "$image" '["/coredns"]' 65532 / "$coredns_bin/coredns" ;;
+        # The upstream image's entrypoint, user (distroless nonroot) and file
+        # capability: kubeadm's Deployment adds NET_BIND_SERVICE for port 53,
+        # which a non-root process only gets from the file.
+        FILE_CAPS=cap_net_bind_service=+ep image_from_binaries "$image" '["/coredns"]' 65532 / "$coredns_bin/coredns" ;;
       pause)
         [[ $tag == "$PAUSE_VERSION" ]] || { echo "kubeadm wants $image; set PAUSE_VERSION=$tag" >&2; exit 1; }
         image_from_binaries "$image" '["/pause"]' 65535 / "$pause_dir/pause" ;;
@@ -184,8 +188,13 @@ build_component_images() {
   printf '%s\n' "${built[@]}"
 }
 
+# The recipe's own files: a change to them rebuilds the node image too.
+recipe="$(cat "$0" "$kind_dir"/node/* | sha256sum | cut -c1-12)"
+
 build_image() {
-  if docker image inspect "$node_image" >/dev/null 2>&1; then return; fi
+  local have
+  have="$(docker image inspect -f '{{index .Config.Labels "dev.thaw.recipe"}}' "$node_image" 2>/dev/null || true)"
+  [[ $have == "$recipe" ]] && return
   local start=$SECONDS base_image="thaw.dev/kind-base:$DEBIAN_SUITE-$base_key"
   docker image inspect "$base_image" >/dev/null 2>&1 || docker import "$base_dir/rootfs.tar" "$base_image" >/dev/null
   log "building the component images"
@@ -235,6 +244,7 @@ ENV container=docker
 STOPSIGNAL SIGRTMIN+3
 ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]
 CMD []
+LABEL dev.thaw.recipe=$recipe
 DOCKERFILE
   docker rmi "$node_image-preloaded" "$node_image-stage" >/dev/null
   rm -rf "$ctx"
