@@ -91,6 +91,10 @@ kind-install: kind-up ## Build and load the images, helm install thaw with the c
 kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/support/tests/kind.rs).
 	bash e2e/kind/test.sh
 
+.PHONY: bench-cold-start
+bench-cold-start: kind-install ## Cold starts of hello and testfn on kind: breakdown p50/p95 (docs/benchmarks.md).
+	bash e2e/bench/kind-cold-start.sh
+
 .PHONY: bench-pod-start
 bench-pod-start: cluster-up ## Time pods of the sample function from creation to Ready on the local cluster.
 	bash e2e/bench/pod-start.sh
