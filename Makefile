@@ -95,6 +95,10 @@ kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/s
 bench-cold-start: kind-install ## Cold starts of hello and testfn on kind: breakdown p50/p95 (docs/benchmarks.md).
 	bash e2e/bench/kind-cold-start.sh
 
+.PHONY: bench-scale-from-zero
+bench-scale-from-zero: kind-install ## 25 and 100 Functions from zero at once on kind: time to first 200 (docs/benchmarks.md).
+	bash e2e/bench/kind-scale-from-zero.sh
+
 .PHONY: bench-pod-start
 bench-pod-start: cluster-up ## Time pods of the sample function from creation to Ready on the local cluster.
 	bash e2e/bench/pod-start.sh

@@ -31,6 +31,9 @@ kubeadmConfigPatches:
     kind: KubeletConfiguration
     # Kubernetes 1.36 refuses cgroup v1 hosts (these machines) unless told.
     failCgroupV1: false
+    # Room for the scale-from-zero benchmark's 100 instances besides the
+    # system pods (the default is 110).
+    maxPods: 250
 CONFIG
   if [[ $mode == offline ]]; then
     cat <<CONFIG
