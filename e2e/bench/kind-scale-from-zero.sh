@@ -12,7 +12,7 @@ version="$(sed -n 's/^appVersion: *"\(.*\)"$/\1/p' "$repo/charts/thaw/Chart.yaml
 port=18182
 kubectl -n thaw-system port-forward svc/thaw-activator "$port:80" >/dev/null 2>&1 &
 forward=$!
-trap 'kill $forward 2>/dev/null || true; kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true' EXIT
+trap 'kill $forward 2>/dev/null || true; [[ -n ${KEEP:-} ]] || kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true' EXIT
 until curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; do sleep 0.2; done
 pct() {
   local p=$1; shift
@@ -41,11 +41,12 @@ FN
       -H "Host: f$i.$ns.svc.cluster.local" "http://127.0.0.1:$port/" >"$out/$i" &
   done
   wait $(jobs -p | grep -vx "$forward") 2>/dev/null || true
-  times=() errors=0
+  times=() errors=0 codes=""
   for i in $(seq 1 "$n"); do
     read -r code t <"$out/$i" || code=000
-    if [[ $code == 200 ]]; then times+=("$(awk -v t="$t" 'BEGIN { printf "%d", t * 1000 }')"); else errors=$((errors + 1)); fi
+    if [[ $code == 200 ]]; then times+=("$(awk -v t="$t" 'BEGIN { printf "%d", t * 1000 }')"); else errors=$((errors + 1)) codes+=" $code@${t}s"; fi
   done
+  [[ -n $codes ]] && echo "failed requests (status@time):$codes" >&2
   rm -rf "$out"
   if ((${#times[@]})); then
     echo "$n Functions from zero: time to first 200 p50 $(pct 50 "${times[@]}") ms, p95 $(pct 95 "${times[@]}") ms, max $(pct 100 "${times[@]}") ms; errors $errors"
