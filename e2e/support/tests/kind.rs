@@ -6,12 +6,7 @@
 //! kind-e2e`, `make test`) against the cluster of `e2e/kind/up.sh` with thaw
 //! installed by `e2e/kind/install.sh`; `THAW_E2E_PROVIDER=kind`.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::{
@@ -93,12 +88,13 @@ async fn running_pods(cluster: &Cluster, component: &str) -> Result<BTreeSet<Str
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_runs_two_operators_and_two_activators_one_leading() -> Result<()> {
     let cluster = Cluster::shared().await?;
-    let (operators, activators) = wait_until("2 operator and 2 activator pods Running", WAIT, || async {
-        let operators = running_pods(&cluster, "operator").await?;
-        let activators = running_pods(&cluster, "activator").await?;
-        Ok((operators.len() == 2 && activators.len() == 2).then_some((operators, activators)))
-    })
-    .await?;
+    let (operators, activators) =
+        wait_until("2 operator and 2 activator pods Running", WAIT, || async {
+            let operators = running_pods(&cluster, "operator").await?;
+            let activators = running_pods(&cluster, "activator").await?;
+            Ok((operators.len() == 2 && activators.len() == 2).then_some((operators, activators)))
+        })
+        .await?;
     eprintln!("operators {operators:?}, activators {activators:?}");
 
     let lease = Api::<Lease>::namespaced(cluster.client(), SYSTEM)
@@ -109,13 +105,17 @@ async fn chart_runs_two_operators_and_two_activators_one_leading() -> Result<()>
     let holder = spec.holder_identity.context("nobody holds the Lease")?;
     // The holder identity is the pod name (the chart passes POD_NAME).
     ensure!(
-        operators.iter().any(|o| holder == *o || holder.starts_with(&format!("{o}_"))),
+        operators
+            .iter()
+            .any(|o| holder == *o || holder.starts_with(&format!("{o}_"))),
         "Lease holder {holder:?} is not one of the running operators {operators:?}"
     );
     // Held, not just once taken: renewed within its duration.
     let renewed = spec.renew_time.context("Lease never renewed")?.0;
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed);
-    let duration = spec.lease_duration_seconds.context("Lease without duration")?;
+    let duration = spec
+        .lease_duration_seconds
+        .context("Lease without duration")?;
     ensure!(
         age.as_secs() <= i64::from(duration),
         "Lease last renewed {age:?} ago, longer than its {duration} s: nobody is leading"
@@ -145,7 +145,10 @@ async fn at_zero(functions: &Api<Function>, pods: &Api<Pod>, name: &str) -> Resu
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
             .is_some_and(|c| c.status == "True");
         let selector = format!("{FUNCTION_LABEL}={name}");
-        let left = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        let left = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
         Ok((ready && left.is_empty()).then_some(()))
     })
     .await
@@ -190,7 +193,9 @@ async fn fetch_in_cluster(ns: &TestNamespace, args: &[&str]) -> Result<String> {
 
 /// `fetch`'s output, parsed: status, lower-case header names, body.
 fn parse_fetch(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
-    let (head, body) = out.split_once("\n\n").context("no blank line after the headers")?;
+    let (head, body) = out
+        .split_once("\n\n")
+        .context("no blank line after the headers")?;
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -212,7 +217,13 @@ struct PortForward {
 
 async fn port_forward() -> Result<PortForward> {
     let mut child = Command::new("kubectl")
-        .args(["-n", SYSTEM, "port-forward", &format!("svc/{ACTIVATOR_SERVICE}"), ":80"])
+        .args([
+            "-n",
+            SYSTEM,
+            "port-forward",
+            &format!("svc/{ACTIVATOR_SERVICE}"),
+            ":80",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -234,17 +245,29 @@ async fn port_forward() -> Result<PortForward> {
     .context("kubectl port-forward did not start")??;
     // Keep reading its output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(PortForward { _child: child, addr })
+    Ok(PortForward {
+        _child: child,
+        addr,
+    })
 }
 
 fn check_cold(reply: &Reply, what: &str) -> Result<()> {
-    ensure!(reply.status == 200, "{what}: status {} ({})", reply.status, reply.body);
+    ensure!(
+        reply.status == 200,
+        "{what}: status {} ({})",
+        reply.status,
+        reply.body
+    );
     ensure!(
         reply.headers.contains_key(COLD_START),
         "{what}: no {COLD_START} header on the first response: {:?}",
         reply.headers
     );
-    ensure!(reply.body.starts_with("hello from "), "{what}: body {:?}", reply.body);
+    ensure!(
+        reply.body.starts_with("hello from "),
+        "{what}: body {:?}",
+        reply.body
+    );
     Ok(())
 }
 
@@ -260,8 +283,14 @@ async fn cold_start_through_the_activator_service_from_a_pod_and_from_the_host()
     let out = fetch_in_cluster(&ns, &[&url]).await?;
     let (status, headers, body) = parse_fetch(&out)?;
     ensure!(status == 200, "in-cluster request: {out}");
-    ensure!(headers.contains(COLD_START), "in-cluster request: no {COLD_START}: {out}");
-    ensure!(body.starts_with("hello from hello-"), "in-cluster request: body {body:?}");
+    ensure!(
+        headers.contains(COLD_START),
+        "in-cluster request: no {COLD_START}: {out}"
+    );
+    ensure!(
+        body.starts_with("hello from hello-"),
+        "in-cluster request: body {body:?}"
+    );
 
     // From the host: a port-forward to the activator's Service, by Host
     // header, once hello is back at zero.
@@ -288,7 +317,12 @@ fn readme_quickstart() -> Result<Vec<String>> {
         .0;
     Ok(block
         .lines()
-        .map(|l| l.split_once("  #").map_or(l, |(cmd, _)| cmd).trim().to_owned())
+        .map(|l| {
+            l.split_once("  #")
+                .map_or(l, |(cmd, _)| cmd)
+                .trim()
+                .to_owned()
+        })
         .filter(|l| !l.is_empty())
         .collect())
 }
@@ -326,8 +360,13 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
     let commands = readme_quickstart()?;
     let mut commands = commands.iter();
     let mut next = |prefix: &str| -> Result<String> {
-        let command = commands.next().with_context(|| format!("README: no `{prefix}...` command"))?;
-        ensure!(command.starts_with(prefix), "README: expected `{prefix}...`, found `{command}`");
+        let command = commands
+            .next()
+            .with_context(|| format!("README: no `{prefix}...` command"))?;
+        ensure!(
+            command.starts_with(prefix),
+            "README: expected `{prefix}...`, found `{command}`"
+        );
         Ok(command.clone())
     };
 
@@ -335,28 +374,49 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
     let _cleanup = DeleteOnDrop("manifests/examples/hello.yaml");
     sh(&apply).await?;
     let client = cluster.client();
-    at_zero(&Api::namespaced(client.clone(), "default"), &Api::namespaced(client, "default"), "hello").await?;
+    at_zero(
+        &Api::namespaced(client.clone(), "default"),
+        &Api::namespaced(client, "default"),
+        "hello",
+    )
+    .await?;
     let get_fn = sh(&next("kubectl get fn")?).await?;
     let row = get_fn
         .lines()
         .find(|l| l.starts_with("hello "))
         .with_context(|| format!("`kubectl get fn` lists no hello: {get_fn}"))?;
-    ensure!(row.split_whitespace().any(|c| c == "True"), "hello not Ready: {get_fn}");
+    ensure!(
+        row.split_whitespace().any(|c| c == "True"),
+        "hello not Ready: {get_fn}"
+    );
 
     // The port-forward runs in the background (`&`); the curls follow once
     // it listens.
     let forward = next("kubectl -n thaw-system port-forward svc/thaw-activator 8080:80 &")?;
     let mut child = Command::new("bash")
-        .args(["-c", &format!("exec {}", forward.trim_end_matches('&').trim())])
+        .args([
+            "-c",
+            &format!("exec {}", forward.trim_end_matches('&').trim()),
+        ])
         .current_dir(repo_root())
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    wait_until("the README's port-forward to listen on 8080", WAIT, || async {
-        Ok(tokio::net::TcpStream::connect("127.0.0.1:8080").await.ok().map(|_| ()))
-    })
+    wait_until(
+        "the README's port-forward to listen on 8080",
+        WAIT,
+        || async {
+            Ok(tokio::net::TcpStream::connect("127.0.0.1:8080")
+                .await
+                .ok()
+                .map(|_| ()))
+        },
+    )
     .await?;
-    let by_host = sh(&next("curl -i -H 'Host: hello.default.svc.cluster.local' http://127.0.0.1:8080/")?).await?;
+    let by_host = sh(&next(
+        "curl -i -H 'Host: hello.default.svc.cluster.local' http://127.0.0.1:8080/",
+    )?)
+    .await?;
     let by_path = sh(&next("curl -i http://127.0.0.1:8080/fn/default/hello/")?).await?;
     child.kill().await?;
     for (what, out) in [("by Host", &by_host), ("by path", &by_path)] {
@@ -364,17 +424,25 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
         ensure!(status == 200, "curl {what}: {out}");
         ensure!(body.starts_with("hello from hello-"), "curl {what}: {out}");
         if what == "by Host" {
-            ensure!(headers.contains(COLD_START), "curl {what}: the first call is a cold start: {out}");
+            ensure!(
+                headers.contains(COLD_START),
+                "curl {what}: the first call is a cold start: {out}"
+            );
         }
     }
-    ensure!(commands.next().is_none(), "README: commands after the curls that this test does not run");
+    ensure!(
+        commands.next().is_none(),
+        "README: commands after the curls that this test does not run"
+    );
     Ok(())
 }
 
 /// `curl -i` output: status, lower-case header names, body.
 fn parse_curl(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
     let normalized = out.replace("\r\n", "\n");
-    let (head, body) = normalized.split_once("\n\n").context("no blank line after the headers")?;
+    let (head, body) = normalized
+        .split_once("\n\n")
+        .context("no blank line after the headers")?;
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -407,7 +475,10 @@ async fn root_image_with_default_security_is_refused_with_a_clear_condition() ->
         Ok(ready.filter(|c| c.status == "False" && c.message.contains("runAsNonRoot")))
     })
     .await?;
-    eprintln!("Ready: {} {}: {}", message.status, message.reason, message.message);
+    eprintln!(
+        "Ready: {} {}: {}",
+        message.status, message.reason, message.message
+    );
     ensure!(
         message.message.contains("image will run as root"),
         "the message should say why: {}",
@@ -421,11 +492,18 @@ async fn root_image_with_default_security_is_refused_with_a_clear_condition() ->
     // The kubelet keeps retrying the container and reports each refusal
     // (event count); by the third the controller has seen it stuck a while.
     let selector = format!("involvedObject.name={pod_name},reason=Failed");
-    wait_until("the kubelet to refuse the container three times", WAIT, || async {
-        let events = ns.api::<Event>().list(&ListParams::default().fields(&selector)).await?;
-        let count: i32 = events.items.iter().map(|e| e.count.unwrap_or(1)).sum();
-        Ok((count >= 3).then_some(()))
-    })
+    wait_until(
+        "the kubelet to refuse the container three times",
+        WAIT,
+        || async {
+            let events = ns
+                .api::<Event>()
+                .list(&ListParams::default().fields(&selector))
+                .await?;
+            let count: i32 = events.items.iter().map(|e| e.count.unwrap_or(1)).sum();
+            Ok((count >= 3).then_some(()))
+        },
+    )
     .await?;
     let pods = instance_pods(&ns, "root").await?;
     ensure!(
