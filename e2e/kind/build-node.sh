@@ -247,6 +247,8 @@ CMD []
 LABEL dev.thaw.recipe=$recipe
 DOCKERFILE
   docker rmi "$node_image-preloaded" "$node_image-stage" >/dev/null
+  # Images a previous build left untagged.
+  docker image prune -f >/dev/null
   rm -rf "$ctx"
   log "node image built in $((SECONDS - start)) s"
 }
