@@ -73,12 +73,36 @@ IMAGE ?= thaw.dev/thaw:$(THAW_VERSION)
 .PHONY: images
 images: ## Build the thaw image and the sample function images with docker.
 	$(DOCKER) build -t $(IMAGE) .
-	$(DOCKER) build -f examples/functions/Dockerfile --target hello -t thaw.dev/samples/hello:latest .
-	$(DOCKER) build -f examples/functions/Dockerfile --target testfn -t thaw.dev/samples/testfn:latest .
+	$(DOCKER) build -f examples/functions/Dockerfile --target hello -t thaw.dev/samples/hello:$(THAW_VERSION) .
+	$(DOCKER) build -f examples/functions/Dockerfile --target testfn -t thaw.dev/samples/testfn:$(THAW_VERSION) .
+
+# kind (docs/kind.md). THAW_KIND_MODE=offline (default: builds Docker's
+# daemon setup, the node image and every image here, no registry needed) or
+# stock (kind's stock node image on a Docker that can pull, as in CI).
+.PHONY: kind-up
+kind-up: ## Create the kind cluster (offline by default; THAW_KIND_MODE=stock for stock kind).
+	bash e2e/kind/up.sh
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster (and stop the offline path's dockerd).
+	bash e2e/kind/down.sh
+
+.PHONY: kind-install
+kind-install: kind-up ## Build and load the images, helm install thaw with the chart's defaults.
+	bash e2e/kind/images.sh
+	bash e2e/kind/install.sh
 
 .PHONY: kind-e2e
-kind-e2e: ## On a kind cluster: build and load the images, helm install, run the e2e tests (Docker needed).
-	bash e2e/kind/run.sh
+kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/support/tests/kind.rs).
+	bash e2e/kind/test.sh
+
+.PHONY: bench-cold-start
+bench-cold-start: kind-install ## Cold starts of hello and testfn on kind: breakdown p50/p95 (docs/benchmarks.md).
+	bash e2e/bench/kind-cold-start.sh
+
+.PHONY: bench-scale-from-zero
+bench-scale-from-zero: kind-install ## 25 and 100 Functions from zero at once on kind: time to first 200 (docs/benchmarks.md).
+	bash e2e/bench/kind-scale-from-zero.sh
 
 .PHONY: bench-scale
 bench-scale: cluster-up ## 1000 Functions on one operator and activator: time to Ready, RSS, idle API writes, routing latency.

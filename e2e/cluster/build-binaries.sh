@@ -8,7 +8,7 @@
 # small wrapper module that requires the upstream module and replaces each of
 # those siblings with its published version, derived from the served go.mod.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../versions.env
 source "$here/../versions.env"
 
@@ -105,6 +105,9 @@ build_helm() {
   rm -rf "$helm_bin" && mv "$helm_bin.tmp" "$helm_bin"
   log "helm built in $((SECONDS - start)) s"
 }
+
+# Sourced by e2e/kind/build-node.sh for write_wrapper and the cache paths.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case "${1:-all}" in
   all) build_etcd; build_kubernetes; build_helm ;;

@@ -146,7 +146,7 @@ impl Cluster {
 
 /// The cluster provider, from `THAW_E2E_PROVIDER`: `local` (the default)
 /// starts the local cluster; `kind` means a cluster someone else started
-/// (`e2e/kind/run.sh`), reached through the current kubeconfig
+/// (`e2e/kind/up.sh`), reached through the current kubeconfig
 /// (`$KUBECONFIG`, else `~/.kube/config`), which is returned.
 fn provided_kubeconfig() -> Result<Option<PathBuf>> {
     match std::env::var("THAW_E2E_PROVIDER")
