@@ -129,8 +129,11 @@ impl Fleet {
     /// shutdown delay, finishes what is open and exits.
     fn stop_activator(&mut self, index: usize) {
         let mut activator = self.activators.remove(index);
-        self.relays.remove(index);
+        // Its relays stay up until it has exited: its last report says it
+        // is leaving.
+        let relays = self.relays.remove(index);
         let status = activator.stop_within(Duration::from_secs(30));
+        drop(relays);
         self.endpoints.remove(activator.addr());
         assert!(
             status.is_some_and(|s| s.success()),
