@@ -31,7 +31,7 @@ trap cleanup EXIT
 k create namespace "$ns" >/dev/null
 k label namespace "$ns" thaw.dev/test=true >/dev/null
 "$thaw" operator --kubeconfig "$kubeconfig" --http-addr "127.0.0.1:$op_port" \
-  --lease-namespace "$ns" --watch-namespace "$ns" --identity bench \
+  --lease-namespace "$ns" --watch-namespace "$ns" --identity bench --allow-unauthenticated-stats \
   >"$work/operator.log" 2>&1 &
 op_pid=$!
 "$thaw" activator --kubeconfig "$kubeconfig" --http-addr "127.0.0.1:$act_port" \

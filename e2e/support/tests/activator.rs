@@ -321,6 +321,14 @@ async fn a_request_longer_than_the_timeout_is_cut_with_504() {
             }),
         )
         .await;
+    // A cold start under load can take longer than this Function's 1 s
+    // timeout: warm it once its instance is ready.
+    wait_until("a ready instance", WAIT, || async {
+        let pods = world.pods("slow").await?;
+        Ok(pods.iter().any(thaw_e2e::functions::is_ready).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| world.fail(e));
     world.warm("slow").await;
     let started = Instant::now();
     let reply = world

@@ -164,6 +164,8 @@ async fn deleting_a_namespace_of_functions_leaves_no_state_or_series_behind() {
         "op-a",
         "--lease-duration-seconds",
         "4",
+        // The activator is a local process, not a pod with a bound token.
+        "--allow-unauthenticated-stats",
     ]
     .map(String::from);
     let operator = Operator::start_args(

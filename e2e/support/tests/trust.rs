@@ -92,8 +92,11 @@ impl Setup {
         leaving: bool,
     ) -> StatusCode {
         let report = json!({
-            "version": 1,
+            // thaw_core::REPORT_VERSION: a well-formed report, so only its
+            // credentials can be what refuses it.
+            "version": 2,
             "activator": activator,
+            "epoch": 1,
             "sequence": u64::MAX,
             "intervalMs": 1000,
             "poke": true,
