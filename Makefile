@@ -104,6 +104,11 @@ bench-cold-start: kind-install ## Cold starts of hello and testfn on kind: break
 bench-scale-from-zero: kind-install ## 25 and 100 Functions from zero at once on kind: time to first 200 (docs/benchmarks.md).
 	bash e2e/bench/kind-scale-from-zero.sh
 
+.PHONY: bench-follower
+bench-follower: cluster-up ## Two operators, two activators, 200 Functions for 10 min: the follower's RSS (docs/benchmarks.md).
+	$(CARGO) build --workspace
+	bash e2e/bench/follower-rss.sh
+
 .PHONY: bench-scale
 bench-scale: cluster-up ## 1000 Functions on one operator and activator: time to Ready, RSS, idle API writes, routing latency.
 	$(CARGO) build -p thaw

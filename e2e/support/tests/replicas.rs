@@ -464,6 +464,7 @@ async fn killing_the_leading_operator_loses_no_request_and_duplicates_no_instanc
     progress(&fleet, &load, 50).await;
     let leader = fleet.leader().await;
     let dead = fleet.operators[leader].identity.clone();
+    let killed = std::time::Instant::now();
     fleet.operators[leader].kill();
     // The survivor takes the Lease over once it expires (4 s in tests).
     let survivor = 1 - leader;
@@ -478,6 +479,7 @@ async fn killing_the_leading_operator_loses_no_request_and_duplicates_no_instanc
     })
     .await
     .unwrap_or_else(|e| fleet.fail(e));
+    let took_over = killed.elapsed();
     progress(&fleet, &load, 100).await;
     let after = ready_pods(&fleet, "pool").await;
     assert_eq!(
@@ -493,6 +495,7 @@ async fn killing_the_leading_operator_loses_no_request_and_duplicates_no_instanc
     assert_eq!(all, before, "no instance created twice");
 
     // The new leader acts: more room, more load, a third instance.
+    let raised = std::time::Instant::now();
     Api::<Function>::namespaced(fleet.cluster.client(), &fleet.ns.name)
         .patch(
             "pool",
@@ -516,6 +519,13 @@ async fn killing_the_leading_operator_loses_no_request_and_duplicates_no_instanc
     })
     .await
     .unwrap_or_else(|e| fleet.fail(e));
+    // Figures for docs/benchmarks.md (`-- --nocapture`), not assertions.
+    eprintln!(
+        "leader {dead} killed: Lease taken over after {took_over:?}; \
+         the new leader's scale-up seen {:?} after the demand, {:?} after the kill",
+        raised.elapsed(),
+        killed.elapsed()
+    );
     let extra = more.stop().await;
     let tally = load.stop().await;
     let failed: Vec<&String> = tally.failed.iter().chain(&extra.failed).collect();
