@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SecurityContext,
-        TCPSocketAction,
+        Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
+        PodSpec, Probe, ResourceRequirements, SecurityContext, TCPSocketAction,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -189,16 +188,11 @@ fn gate_container(spec: &FunctionSpec, gate_image: &str) -> Container {
             limits: Some([("memory".to_owned(), Quantity("128Mi".into()))].into()),
             ..ResourceRequirements::default()
         }),
-        // The gate is thaw's, not the user's: always locked down.
+        // The gate is thaw's, not the user's: always locked down, whatever
+        // the Function loosens for its own container.
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
+            ..crate::security::container_security_context(None)
         }),
         ..Container::default()
     }
