@@ -108,17 +108,31 @@ impl Fleet {
         ]
         .map(String::from)
         .to_vec();
-        let activator = Activator::start_args(
-            self.cluster.kubeconfig(),
-            &format!("{}-{id}", self.ns.name),
-            id,
-            &args,
-        )
-        .expect("activator");
-        activator
-            .wait_ready(WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", activator.log()));
+        // Ports are picked free, then bound by the process: another test
+        // may take one in between, so a start that could not bind is retried.
+        let mut attempts = 0;
+        let activator = loop {
+            attempts += 1;
+            let mut activator = Activator::start_args(
+                self.cluster.kubeconfig(),
+                &format!("{}-{id}", self.ns.name),
+                id,
+                &args,
+            )
+            .expect("activator");
+            let mut ready = Err(anyhow::anyhow!("not ready"));
+            for _ in 0..60 {
+                ready = activator.wait_ready(Duration::from_secs(1)).await;
+                if ready.is_ok() || !activator.running() {
+                    break;
+                }
+            }
+            match ready {
+                Ok(()) => break activator,
+                Err(_) if attempts < 3 && activator.log().contains("binding") => {}
+                Err(e) => panic!("{e:#}\n{}", activator.log()),
+            }
+        };
         self.endpoints.add(activator.addr(), activator.admin_addr());
         self.activators.push(activator);
         self.relays.push(relays);

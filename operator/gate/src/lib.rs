@@ -28,6 +28,12 @@ pub use ports::GatePorts;
 pub use state::{GATE_STATE_PATH, GateState};
 pub use upstream::Upstream;
 
+/// The gate waits for the function this much longer than the Function's
+/// timeout: the activator cuts the request at the timeout and answers the
+/// client itself, and the gate must not race it with an answer of its own;
+/// past it, nobody waits and the slot is freed.
+const UPSTREAM_MARGIN: Duration = Duration::from_secs(5);
+
 /// How one gate runs.
 #[derive(Clone, Debug)]
 pub struct GateOptions {
@@ -95,7 +101,7 @@ pub async fn run(
         limiter,
         options.upstream.port(),
         options.header_read_timeout,
-        options.max_hold,
+        options.max_hold + UPSTREAM_MARGIN,
     );
     proxy.serve(listener, shutdown).await;
     admin_task.abort();
