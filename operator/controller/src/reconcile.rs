@@ -37,6 +37,8 @@ use crate::{
 
 /// Longest a reconcile waits without a reason to wake up earlier.
 const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// How soon a Function with a starting instance is reconciled again.
+const STARTING_RECHECK: Duration = Duration::from_secs(2);
 /// Shortest requeue, so a wake-up due now cannot spin.
 const MIN_REQUEUE: Duration = Duration::from_millis(100);
 
@@ -139,12 +141,21 @@ pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Act
     apply_status(&ctx, &function, &key, &plan, conflict, now, wall).await?;
     record_gauges(&ctx, &namespace, &name, &plan.decision);
 
+    // A starting instance is looked at again soon: the pod cache and the
+    // watch that triggers reconciles are separate streams, so the change
+    // that woke this reconcile (say, the pod stuck on its image) may reach
+    // the cache just after it read the pod.
+    let starting = instances
+        .iter()
+        .any(|i| i.state == InstanceState::Starting)
+        .then_some(STARTING_RECHECK);
     let wake = [
         plan.decision
             .next_wakeup
             .map(|at| at.saturating_duration_since(now)),
         plan.backoff,
         vetted.recheck,
+        starting,
     ]
     .into_iter()
     .flatten()
