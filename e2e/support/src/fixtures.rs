@@ -12,6 +12,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The image of sample function `name` (hello, testfn) for process-node
+/// tests: `thaw.dev/samples/<name>`, or `$THAW_E2E_SAMPLE_IMAGE_PREFIX<name>`
+/// when that is set (to run another build's samples, mapped in
+/// e2e/images.toml).
+pub fn sample_image(name: &str) -> String {
+    let prefix = std::env::var("THAW_E2E_SAMPLE_IMAGE_PREFIX")
+        .unwrap_or_else(|_| "thaw.dev/samples/".to_owned());
+    format!("{prefix}{name}")
+}
+
 /// A YAML document from a file, as JSON.
 pub fn read_yaml(path: &Path) -> Result<Value> {
     let text =

@@ -47,6 +47,7 @@ fn spawn_thaw(
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)
+        .args(gate_image_override(subcommand, args))
         .env("RUST_LOG", format!("info,{crate_name}=debug"))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -54,6 +55,18 @@ fn spawn_thaw(
         .spawn()
         .with_context(|| format!("starting {}", thaw_binary().display()))?;
     Ok((child, log))
+}
+
+/// `THAW_E2E_GATE_IMAGE`, when set, is the gate image of operators that do
+/// not name one: the process node then runs the gate of another build (a
+/// second worktree's `thaw`, mapped in e2e/images.toml by an absolute path).
+fn gate_image_override(subcommand: &str, args: &[String]) -> Vec<String> {
+    match std::env::var("THAW_E2E_GATE_IMAGE") {
+        Ok(image) if subcommand == "operator" && !args.iter().any(|a| a == "--gate-image") => {
+            vec!["--gate-image".to_owned(), image]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A running `thaw operator`.
