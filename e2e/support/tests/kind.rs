@@ -6,17 +6,14 @@
 //! kind-e2e`, `make test`) against the cluster of `e2e/kind/up.sh` with thaw
 //! installed by `e2e/kind/install.sh`; `THAW_E2E_PROVIDER=kind`.
 
-use std::{collections::BTreeSet, net::SocketAddr, process::Stdio, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, process::Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Event, Namespace, Pod},
+    core::v1::{Event, Pod},
 };
-use kube::{
-    Api,
-    api::{ListParams, LogParams, Patch, PatchParams, PostParams},
-};
+use kube::{Api, api::ListParams};
 use serde_json::json;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
@@ -24,6 +21,10 @@ use thaw_e2e::{
     fixtures::repo_root,
     functions::{apply_function, instance_pods},
     http::{Reply, get},
+    kind::{
+        ACTIVATOR, LEASE, SYSTEM, WAIT, fetch_in_cluster, image, parse_fetch, restricted_namespace,
+        running_pods,
+    },
     wait_until,
 };
 use tokio::{
@@ -31,59 +32,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-const SYSTEM: &str = "thaw-system";
-/// The chart's Services and Lease are named after its release, `thaw`.
-const ACTIVATOR_SERVICE: &str = "thaw-activator";
-const LEASE: &str = "thaw-operator";
 const COLD_START: &str = "thaw-cold-start";
-/// A cold start on real containers, a CoreDNS lookup included, takes
-/// seconds; the deadlines leave room for a loaded 2-core machine.
-const WAIT: Duration = Duration::from_secs(120);
-
-/// The tag images.sh gives every image it builds: the chart's appVersion.
-fn image(name: &str) -> Result<String> {
-    let chart = std::fs::read_to_string(repo_root().join("charts/thaw/Chart.yaml"))?;
-    let version = chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:"))
-        .context("no appVersion in charts/thaw/Chart.yaml")?
-        .trim()
-        .trim_matches('"');
-    Ok(format!("thaw.dev/samples/{name}:{version}"))
-}
-
-/// A namespace under Pod Security "restricted", as the chart's is.
-async fn restricted_namespace(cluster: &Cluster, prefix: &str) -> Result<TestNamespace> {
-    let ns = cluster.namespace(prefix).await?;
-    let label = json!({ "metadata": { "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-    }}});
-    Api::<Namespace>::all(cluster.client())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-        .await?;
-    Ok(ns)
-}
-
-fn is_running_and_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && thaw_e2e::functions::is_ready(pod)
-        && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// Names of the chart's Running and Ready pods of `component`.
-async fn running_pods(cluster: &Cluster, component: &str) -> Result<BTreeSet<String>> {
-    let pods = Api::<Pod>::namespaced(cluster.client(), SYSTEM)
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/name=thaw,app.kubernetes.io/component={component}"
-        )))
-        .await?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| is_running_and_ready(p))
-        .filter_map(|p| p.metadata.name.clone())
-        .collect())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_runs_two_operators_and_two_activators_one_leading() -> Result<()> {
@@ -152,60 +101,6 @@ async fn at_zero(functions: &Api<Function>, pods: &Api<Pod>, name: &str) -> Resu
     .await
 }
 
-/// Runs the `fetch` image in `ns` with `args` and returns its output once
-/// the pod has Succeeded.
-async fn fetch_in_cluster(ns: &TestNamespace, args: &[&str]) -> Result<String> {
-    let name = "fetch";
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": "fetch",
-                "image": image("fetch")?,
-                "args": args,
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "capabilities": { "drop": ["ALL"] },
-                },
-            }],
-        },
-    }))?;
-    let pods = ns.api::<Pod>();
-    pods.create(&PostParams::default(), &pod).await?;
-    let phase = wait_until("the fetch pod to finish", WAIT, || async {
-        let pod = pods.get(name).await?;
-        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-        Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
-    })
-    .await?;
-    let logs = pods.logs(name, &LogParams::default()).await?;
-    ensure!(phase == "Succeeded", "fetch {args:?} failed: {logs}");
-    Ok(logs)
-}
-
-/// `fetch`'s output, parsed: status, lower-case header names, body.
-fn parse_fetch(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
-    let (head, body) = out
-        .split_once("\n\n")
-        .context("no blank line after the headers")?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.strip_prefix("HTTP "))
-        .context("no status line")?
-        .parse()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
-        .collect();
-    Ok((status, headers, body.to_owned()))
-}
-
 /// `kubectl port-forward svc/thaw-activator :80` from this machine; the
 /// child is killed when dropped.
 struct PortForward {
@@ -219,7 +114,7 @@ async fn port_forward() -> Result<PortForward> {
             "-n",
             SYSTEM,
             "port-forward",
-            &format!("svc/{ACTIVATOR_SERVICE}"),
+            &format!("svc/{ACTIVATOR}"),
             ":80",
         ])
         .stdout(Stdio::piped())
