@@ -92,8 +92,12 @@ kind-install: kind-up ## Build and load the images, helm install thaw with the c
 	bash e2e/kind/images.sh
 	bash e2e/kind/install.sh
 
+.PHONY: dev-kind
+dev-kind: kind-install ## thaw as users run it (chart defaults on kind), hello applied, a port-forward, and the curl.
+	bash e2e/kind/dev.sh
+
 .PHONY: kind-e2e
-kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/support/tests/kind.rs).
+kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/support/tests/kind*.rs, crd.rs).
 	bash e2e/kind/test.sh
 
 .PHONY: bench-cold-start

@@ -247,8 +247,12 @@ impl Drop for DeleteOnDrop {
     }
 }
 
+/// The README quickstart and `make dev-kind` both run `default/hello`.
+static DEFAULT_HELLO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_quickstart_runs_literally() -> Result<()> {
+    let _turn = DEFAULT_HELLO.lock().await;
     let cluster = Cluster::shared().await?;
     let commands = readme_quickstart()?;
     let mut commands = commands.iter();
@@ -411,5 +415,45 @@ async fn root_image_with_default_security_is_refused_with_a_clear_condition() ->
         .map(|cs| cs.iter().map(|c| c.restart_count).sum())
         .unwrap_or(0);
     ensure!(restarts == 0, "the container restarted {restarts} times");
+    Ok(())
+}
+
+/// Stops `make dev-kind`'s port-forward when the test ends.
+struct StopForward;
+impl Drop for StopForward {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(repo_root().join(".kind/port-forward.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// `make dev-kind`'s script on the chart-installed thaw: it applies hello,
+/// leaves a port-forward running and prints a curl that cold-starts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_kind_prints_a_curl_that_cold_starts_hello() -> Result<()> {
+    let _turn = DEFAULT_HELLO.lock().await;
+    let cluster = Cluster::shared().await?;
+    let _cleanup = DeleteOnDrop("manifests/examples/hello.yaml");
+    let _forward = StopForward;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = sh(&format!("THAW_DEV_PORT={port} bash e2e/kind/dev.sh")).await?;
+    let curl = format!("curl -i http://127.0.0.1:{port}/fn/default/hello/");
+    ensure!(out.contains(&curl), "no `{curl}` in:\n{out}");
+    let client = cluster.client();
+    at_zero(
+        &Api::namespaced(client.clone(), "default"),
+        &Api::namespaced(client, "default"),
+        "hello",
+    )
+    .await?;
+    let reply = sh(&curl).await?;
+    ensure!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    ensure!(
+        reply.to_ascii_lowercase().contains("thaw-cold-start:"),
+        "the printed curl cold-starts hello: {reply}"
+    );
     Ok(())
 }
