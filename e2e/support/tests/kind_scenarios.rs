@@ -856,3 +856,73 @@ async fn reaps(s: &Scenario) -> Result<f64> {
     }
     Ok(sum)
 }
+
+/// Sample lines of every operator and activator pod's `/metrics` labelled
+/// with `namespace` (and `function`, if given), each with its pod.
+async fn series_left(s: &Scenario, namespace: &str, function: Option<&str>) -> Result<Vec<String>> {
+    let ns = format!("namespace=\"{namespace}\"");
+    let f = function.map(|f| format!("function=\"{f}\""));
+    let mut texts = activator_metrics(&s.cluster).await?;
+    for pod in running_pods(&s.cluster, "operator").await? {
+        let text = pod_get(&s.cluster, SYSTEM, &pod, OPERATOR_PORT, "/metrics").await?;
+        texts.push((pod, text));
+    }
+    Ok(texts
+        .iter()
+        .flat_map(|(pod, text)| {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.contains(&ns) && f.as_ref().is_none_or(|f| l.contains(f)))
+                .map(move |l| format!("{pod}: {l}"))
+        })
+        .collect())
+}
+
+/// A deleted Function leaves no series in any replica's `/metrics`, the
+/// other Function keeps its own; then its namespace is deleted and nothing
+/// of it is left anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_function_or_its_namespace_leaves_no_series_behind() -> Result<()> {
+    let s = Scenario::new("kind-life").await?;
+    let spec = json!({"image": image("hello")?, "scaling": {"keepAlive": "1h"}});
+    for name in ["gone", "kept"] {
+        s.function(name, spec.clone()).await?;
+        ensure!(s.get(name, "/").await?.status == 200, "{name} answers");
+    }
+    let ns = s.ns.name.clone();
+    wait_until("series of both Functions", WAIT, || async {
+        let gone = series_left(&s, &ns, Some("gone")).await?;
+        let kept = series_left(&s, &ns, Some("kept")).await?;
+        Ok((!gone.is_empty() && !kept.is_empty()).then_some(()))
+    })
+    .await?;
+
+    s.ns.api::<Function>()
+        .delete("gone", &DeleteParams::background())
+        .await?;
+    wait_until("no series of the deleted Function", WAIT, || async {
+        let left = series_left(&s, &ns, Some("gone")).await?;
+        ensure!(left.is_empty(), "left: {left:?}");
+        Ok(Some(()))
+    })
+    .await?;
+    ensure!(
+        !series_left(&s, &ns, Some("kept")).await?.is_empty(),
+        "the other Function lost its series"
+    );
+    ensure!(
+        s.get("kept", "/").await?.status == 200,
+        "kept still answers"
+    );
+
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(s.cluster.client())
+        .delete(&ns, &DeleteParams::background())
+        .await?;
+    wait_until("no series of the deleted namespace", WAIT, || async {
+        let left = series_left(&s, &ns, None).await?;
+        ensure!(left.is_empty(), "left: {left:?}");
+        Ok(Some(()))
+    })
+    .await?;
+    Ok(())
+}
