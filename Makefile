@@ -108,6 +108,10 @@ bench-cold-start: kind-install ## Cold starts of hello and testfn on kind: break
 bench-scale-from-zero: kind-install ## 25 and 100 Functions from zero at once on kind: time to first 200 (docs/benchmarks.md).
 	bash e2e/bench/kind-scale-from-zero.sh
 
+.PHONY: bench-cold-test
+bench-cold-test: ## `make test` from a clean clone with every cache empty, timed (needs the machine to itself; docs/benchmarks.md).
+	bash e2e/bench/cold-make-test.sh
+
 .PHONY: bench-follower
 bench-follower: cluster-up ## Two operators, two activators, 200 Functions for 10 min: the follower's RSS (docs/benchmarks.md).
 	$(CARGO) build --workspace
