@@ -359,15 +359,18 @@ pub async fn fetch_in_cluster(ns: &TestNamespace, args: &[&str]) -> Result<Strin
     Ok(logs)
 }
 
-/// `fetch`'s output, parsed: status, lower-case header names, body.
-pub fn parse_fetch(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
-    let (head, body) = out
+/// An HTTP response as `fetch` or `curl -i` print it, parsed: status,
+/// lower-case header names, body.
+pub fn parse_reply(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
+    let normalized = out.replace("\r\n", "\n");
+    let (head, body) = normalized
         .split_once("\n\n")
         .context("no blank line after the headers")?;
     let mut lines = head.lines();
+    // `HTTP 200` (fetch) or `HTTP/1.1 200 OK` (curl).
     let status = lines
         .next()
-        .and_then(|l| l.strip_prefix("HTTP "))
+        .and_then(|l| l.split_whitespace().nth(1))
         .context("no status line")?
         .parse()?;
     let headers = lines

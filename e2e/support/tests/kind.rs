@@ -6,7 +6,7 @@
 //! kind-e2e`, `make test`) against the cluster of `e2e/kind/up.sh` with thaw
 //! installed by `e2e/kind/install.sh`; `THAW_E2E_PROVIDER=kind`.
 
-use std::{collections::BTreeSet, net::SocketAddr, process::Stdio};
+use std::{net::SocketAddr, process::Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::{
@@ -22,7 +22,7 @@ use thaw_e2e::{
     functions::{apply_function, instance_pods},
     http::{Reply, get},
     kind::{
-        ACTIVATOR, LEASE, SYSTEM, WAIT, fetch_in_cluster, image, parse_fetch, restricted_namespace,
+        ACTIVATOR, LEASE, SYSTEM, WAIT, fetch_in_cluster, image, parse_reply, restricted_namespace,
         running_pods,
     },
     wait_until,
@@ -174,7 +174,7 @@ async fn cold_start_through_the_activator_service_from_a_pod_and_from_the_host()
     // Service of the activator, resolved by CoreDNS, through kube-proxy.
     let url = format!("http://hello.{}.svc.cluster.local/", ns.name);
     let out = fetch_in_cluster(&ns, &[&url]).await?;
-    let (status, headers, body) = parse_fetch(&out)?;
+    let (status, headers, body) = parse_reply(&out)?;
     ensure!(status == 200, "in-cluster request: {out}");
     ensure!(
         headers.contains(COLD_START),
@@ -317,7 +317,7 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
     let by_path = sh(&next("curl -i http://127.0.0.1:8080/fn/default/hello/")?).await?;
     child.kill().await?;
     for (what, out) in [("by Host", &by_host), ("by path", &by_path)] {
-        let (status, headers, body) = parse_curl(out)?;
+        let (status, headers, body) = parse_reply(out)?;
         ensure!(status == 200, "curl {what}: {out}");
         ensure!(body.starts_with("hello from hello-"), "curl {what}: {out}");
         if what == "by Host" {
@@ -332,24 +332,6 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
         "README: commands after the curls that this test does not run"
     );
     Ok(())
-}
-
-/// `curl -i` output: status, lower-case header names, body.
-fn parse_curl(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
-    let normalized = out.replace("\r\n", "\n");
-    let (head, body) = normalized
-        .split_once("\n\n")
-        .context("no blank line after the headers")?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no status line")?
-        .parse()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
-        .collect();
-    Ok((status, headers, body.to_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread")]

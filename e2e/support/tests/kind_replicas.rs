@@ -12,20 +12,20 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use thaw_api::{
     Function,
-    keys::{DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL},
+    keys::{DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION},
 };
 use thaw_e2e::{
     Cluster, TestNamespace,
-    functions::{apply_function, is_ready},
+    functions::{apply_function, gap, instance_pods, instance_time, is_ready},
     http::get,
     kind::{
         ACTIVATOR, WAIT, activator_node_port, crash_container, image, lease_holder, lease_renewal,
@@ -77,12 +77,7 @@ impl Setup {
     }
 
     async fn pods(&self, name: &str) -> Result<Vec<Pod>> {
-        Ok(self
-            .ns
-            .api::<Pod>()
-            .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={name}")))
-            .await?
-            .items)
+        instance_pods(&self.ns, name).await
     }
 
     async fn ready_pods(&self, name: &str) -> Result<BTreeSet<String>> {
@@ -345,23 +340,6 @@ async fn a_crash_of_the_leading_operator_loses_no_request_and_duplicates_no_inst
     setup.finish().await
 }
 
-/// An RFC 3339 annotation of the Function's only instance, once present.
-async fn instance_time(setup: &Setup, name: &str, key: &str) -> Result<Option<SystemTime>> {
-    let Some(pod) = setup.pods(name).await?.into_iter().next() else {
-        return Ok(None);
-    };
-    let Some(text) = pod.metadata.annotations.and_then(|a| a.get(key).cloned()) else {
-        return Ok(None);
-    };
-    let at: k8s_openapi::jiff::Timestamp = text.parse().context("annotation time")?;
-    let nanos = u64::try_from(at.as_nanosecond()).context("time before 1970")?;
-    Ok(Some(UNIX_EPOCH + Duration::from_nanos(nanos)))
-}
-
-fn gap(a: SystemTime, b: SystemTime) -> Duration {
-    a.duration_since(b).unwrap_or_else(|e| e.duration())
-}
-
 /// The activators that carried the last request are both replaced before
 /// the instance's keep-alive runs out: its expiry stays where the last
 /// request put it, and it is drained then.
@@ -376,7 +354,7 @@ async fn an_activator_rollout_after_the_last_request_moves_no_expiry() -> Result
     ensure!(reply.status == 200, "{reply:?}");
     let expected = last_request + KEEP_ALIVE;
     let shown = wait_until("the instance's expires-at", WAIT, || {
-        instance_time(&setup, "clock", EXPIRES_AT_ANNOTATION)
+        instance_time(&setup.ns, "clock", EXPIRES_AT_ANNOTATION)
     })
     .await?;
     ensure!(
@@ -389,7 +367,7 @@ async fn an_activator_rollout_after_the_last_request_moves_no_expiry() -> Result
         SystemTime::now() < expected,
         "the rollout outlasted the keep-alive: raise KEEP_ALIVE"
     );
-    let after = instance_time(&setup, "clock", EXPIRES_AT_ANNOTATION)
+    let after = instance_time(&setup.ns, "clock", EXPIRES_AT_ANNOTATION)
         .await?
         .context("expires-at gone after the rollout")?;
     ensure!(
@@ -401,7 +379,7 @@ async fn an_activator_rollout_after_the_last_request_moves_no_expiry() -> Result
             !setup.pods("clock").await?.is_empty(),
             "the instance went before its drain was seen"
         );
-        instance_time(&setup, "clock", DRAINING_SINCE_ANNOTATION).await
+        instance_time(&setup.ns, "clock", DRAINING_SINCE_ANNOTATION).await
     })
     .await?;
     ensure!(

@@ -31,12 +31,12 @@ use thaw_api::{
 };
 use thaw_e2e::{
     Cluster, TestNamespace,
-    functions::{apply_function, is_ready},
+    functions::{apply_function, instance_pods, is_ready},
     http::{Reply, get},
     install::{STATS_AUDIENCE, request_token},
     kind::{
         OPERATOR, SYSTEM, WAIT, activator_metrics, activator_node_port, fetch_in_cluster, image,
-        parse_fetch, pod_get, restricted_namespace, running_pods, wait_routed,
+        parse_reply, pod_get, restricted_namespace, running_pods, wait_routed,
     },
     wait_until,
 };
@@ -75,12 +75,7 @@ impl Scenario {
     }
 
     async fn pods(&self, name: &str) -> Result<Vec<Pod>> {
-        Ok(self
-            .ns
-            .api::<Pod>()
-            .list(&ListParams::default().labels(&format!("{FUNCTION_LABEL}={name}")))
-            .await?
-            .items)
+        instance_pods(&self.ns, name).await
     }
 
     async fn wait_ready_pods(&self, name: &str, n: usize) -> Result<Vec<Pod>> {
@@ -692,7 +687,7 @@ async fn a_forged_stats_report_is_refused_and_scales_nothing() -> Result<()> {
         let mut args = vec!["-d", &report, &url, "Content-Type:application/json"];
         args.extend(extra);
         let out = fetch_in_cluster(&s.ns, &args).await?;
-        let (got, _, body) = parse_fetch(&out)?;
+        let (got, _, body) = parse_reply(&out)?;
         ensure!(
             got == status,
             "{reason}: expected {status}, got {got}: {body}"
