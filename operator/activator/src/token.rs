@@ -12,7 +12,6 @@ use std::{
     time::SystemTime,
 };
 
-use base64::Engine as _;
 use http::HeaderValue;
 use tracing::{info, warn};
 
@@ -119,15 +118,7 @@ impl TokenFile {
 /// The `aud` claim of a JWT (a string or a list), unverified: only for the
 /// log line above.
 fn audiences(token: &str) -> Vec<String> {
-    let claims = token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload.trim_end_matches('='))
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+    let claims = thaw_serve::token::unverified_claims(token);
     match claims.as_ref().and_then(|c| c.get("aud")) {
         Some(serde_json::Value::String(aud)) => vec![aud.clone()],
         Some(serde_json::Value::Array(auds)) => auds
@@ -141,6 +132,7 @@ fn audiences(token: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn jwt(aud: &str) -> String {
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;

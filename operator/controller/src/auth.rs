@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use base64::Engine as _;
 use futures::future::BoxFuture;
 use http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -328,15 +327,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// after the API server vouched for the token; without a readable `exp`,
 /// nothing (the verdict is not cached).
 fn remaining(token: &str, wall: SystemTime) -> Duration {
-    let exp = token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload.trim_end_matches('='))
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+    let exp = thaw_serve::token::unverified_claims(token)
         .and_then(|claims| claims.get("exp").and_then(serde_json::Value::as_u64));
     let now = wall
         .duration_since(UNIX_EPOCH)
@@ -349,6 +340,7 @@ fn remaining(token: &str, wall: SystemTime) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;

@@ -19,6 +19,8 @@
 //! HTTP/1.1 only: Prometheus and the activators' reports use it, and
 //! HTTP/1's header deadline is what keeps slow clients out.
 
+pub mod token;
+
 use std::{
     collections::HashMap,
     convert::Infallible,
