@@ -115,3 +115,6 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

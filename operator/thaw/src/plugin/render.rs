@@ -144,7 +144,8 @@ fn row(i: &InstanceReport) -> [String; 8] {
         known(i.served.map(|n| n.to_string())),
         match i.idle_for_ms {
             Some(d) => human(d),
-            None if i.state == State::Busy => "-".to_owned(),
+            // The gate answered: busy, so no idle time.
+            None if i.in_flight.is_some() || i.state == State::Busy => "-".to_owned(),
             None => known(None),
         },
         expires(i),
