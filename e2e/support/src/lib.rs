@@ -10,6 +10,7 @@ pub mod http;
 pub mod install;
 pub mod load;
 pub mod metrics;
+pub mod plugin;
 pub mod process;
 pub mod relay;
 pub mod wait;
