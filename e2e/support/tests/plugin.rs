@@ -13,7 +13,11 @@
 use std::{collections::BTreeMap, net::SocketAddr, process::Output, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{
+    core::v1::{Pod, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 use thaw_api::keys::DRAINING_SINCE_ANNOTATION;
 use thaw_e2e::{
@@ -328,6 +332,52 @@ async fn status_scenario(world: &World) -> Result<()> {
             "the text output does not show {pod} {state}:\n{stdout}"
         );
     }
+    viewer_without_pod_proxy(world, name).await
+}
+
+/// Someone who may read Functions and pods but not `pods/proxy`: the gates'
+/// numbers read `?`, the head says why once, and the command succeeds. Their
+/// kubeconfig's context names the namespace, so no `-n` is given.
+async fn viewer_without_pod_proxy(world: &World, name: &str) -> Result<()> {
+    let ns = &world.ns;
+    let pp = PostParams::default();
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "viewer"}}))?;
+    ns.api::<ServiceAccount>().create(&pp, &account).await?;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "viewer"},
+        "rules": [
+            {"apiGroups": ["thaw.dev"], "resources": ["functions"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        ],
+    }))?;
+    ns.api::<Role>().create(&pp, &role).await?;
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "viewer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "viewer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": ns.name}],
+    }))?;
+    ns.api::<RoleBinding>().create(&pp, &binding).await?;
+    let (kubeconfig, _) =
+        thaw_e2e::install::service_account_kubeconfig(&world.cluster, &ns.name, "viewer").await?;
+    let out = world.plugin.run(&kubeconfig, &["status", name]).await?;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    ensure!(out.status.success(), "status as a viewer: {stderr}");
+    let said = stdout
+        .lines()
+        .filter(|l| l.starts_with("Gate:") && l.contains("pods/proxy is forbidden"))
+        .count();
+    ensure!(said == 1, "the reason is not said once:\n{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}-")))
+        .collect();
+    ensure!(
+        rows.len() == 3
+            && rows
+                .iter()
+                .all(|r| r.split_whitespace().nth(2) == Some("?")),
+        "IN-FLIGHT is not `?` on every instance:\n{stdout}"
+    );
     Ok(())
 }
 
