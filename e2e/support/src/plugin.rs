@@ -4,11 +4,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Output,
+    process::{Output, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context, Result};
 use rand::distr::{Alphanumeric, SampleString};
+use tokio::io::AsyncReadExt;
 
 use crate::process::thaw_binary;
 
@@ -45,6 +47,49 @@ impl KubectlThaw {
             .output()
             .await
             .with_context(|| format!("running kubectl-thaw {args:?}"))
+    }
+    /// Starts `kubectl-thaw --kubeconfig <kubeconfig> <args>` (a watch),
+    /// its stdout collected as it comes; stopped when dropped.
+    pub fn spawn(&self, kubeconfig: &Path, args: &[&str]) -> Result<Running> {
+        let mut child = tokio::process::Command::new(self.path())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting kubectl-thaw {args:?}"))?;
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let sink = output.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut out) = sink.lock() {
+                    out.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        Ok(Running {
+            _child: child,
+            output,
+        })
+    }
+}
+
+/// A running `kubectl-thaw`.
+pub struct Running {
+    _child: tokio::process::Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Running {
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
     }
 }
 

@@ -8,7 +8,8 @@
 //!   one of which gets a second held request. Text (golden, names and times
 //!   masked) and `-o json` agree, and agree with each instance's own count.
 //! * `invoke --activator-url` cold-starts a Function from zero and prints
-//!   its answer and the cold-start time; the next call is warm.
+//!   its answer and the cold-start time; the next call is warm. A
+//!   `status -w` started at zero prints again once the instance exists.
 
 use std::{collections::BTreeMap, net::SocketAddr, process::Output, time::Duration};
 
@@ -400,6 +401,16 @@ async fn invoke_scenario(world: &World) -> Result<()> {
     world.activator.wait_routes(&ns.name, name, WAIT).await?;
     ensure!(instance_pods(ns, name).await?.is_empty(), "not at zero");
     let url = format!("http://{}", world.activator.addr());
+    // A watch started at zero prints the Function with no instance, then
+    // again once the cold start below has made one.
+    let watch = world.plugin.spawn(
+        world.cluster.kubeconfig(),
+        &["-n", &ns.name, "status", name, "-w"],
+    )?;
+    wait_until("the watch's first report", WAIT, || async {
+        Ok(watch.output().contains("No instances.").then_some(()))
+    })
+    .await?;
 
     let cold = world
         .thaw(&[
@@ -424,6 +435,20 @@ async fn invoke_scenario(world: &World) -> Result<()> {
     let reply: Value = serde_json::from_str(&stdout).context("testfn's JSON answer")?;
     let instance = reply["instance"].as_str().unwrap_or_default().to_owned();
     ensure!(instance.starts_with(&format!("{name}-")), "answer {stdout}");
+
+    // Its gate, read again every second, shows it idle once it has answered.
+    wait_until("the watch to print the new instance idle", WAIT, || async {
+        let out = watch.output();
+        let shown = out.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.first() == Some(&instance.as_str()) && cells.get(1) == Some(&"idle")
+        });
+        Ok(shown.then_some(()))
+    })
+    .await
+    .with_context(|| format!("watch output:\n{}", watch.output()))?;
+    eprintln!("kubectl thaw status {name} -w:\n{}", watch.output());
+    drop(watch);
 
     // Warm now, and a body from a file is sent (testfn echoes a POST).
     let file = std::env::temp_dir().join(format!("{}-body", ns.name));

@@ -92,6 +92,10 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
             };
             let mut out = std::io::stdout();
             if status.watch {
+                if matches!(selection, Selection::One { .. }) {
+                    // A name that does not exist is an error, not an empty watch.
+                    cluster::read(&client, &selection).await?;
+                }
                 return watch::watch(&client, &selection, status.output, |text| {
                     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
                 })

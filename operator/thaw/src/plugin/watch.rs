@@ -42,27 +42,34 @@ pub async fn watch(
         Selection::One { name, .. } => format!("{FUNCTION_LABEL}={name}"),
         _ => FUNCTION_LABEL.to_owned(),
     });
-    let mut changes: BoxStream<'static, anyhow::Result<()>> = futures::stream::select(
+    // Each change says which watch it came from and whether that watch has
+    // now listed everything (its store is complete from then on).
+    let mut changes: BoxStream<'static, (Source, anyhow::Result<bool>)> = futures::stream::select(
         reflector(function_writer, watcher(functions, function_config))
             .default_backoff()
-            .map(|e| e.map(|_| ()).map_err(anyhow::Error::from)),
+            .map(|e| (Source::Functions, listed(e))),
         reflector(pod_writer, watcher(pods, pod_config))
             .default_backoff()
-            .map(|e| e.map(|_| ()).map_err(anyhow::Error::from)),
+            .map(|e| (Source::Pods, listed(e))),
     )
     .boxed();
-    function_store.wait_until_ready().await?;
-    pod_store.wait_until_ready().await?;
+    let (mut functions_listed, mut pods_listed) = (false, false);
     let mut tick = tokio::time::interval(GATE_REFRESH);
     let mut shown: Option<Vec<FunctionReport>> = None;
     loop {
         tokio::select! {
             change = changes.next() => match change {
-                Some(Ok(())) => {}
-                Some(Err(e)) => tracing::warn!("watch: {e:#}"),
+                Some((source, Ok(done))) => match source {
+                    Source::Functions => functions_listed |= done,
+                    Source::Pods => pods_listed |= done,
+                },
+                Some((_, Err(e))) => tracing::warn!("watch: {e:#}"),
                 None => return Ok(()),
             },
             _ = tick.tick() => {}
+        }
+        if !(functions_listed && pods_listed) {
+            continue;
         }
         let functions = sorted(
             function_store
@@ -85,6 +92,17 @@ pub async fn watch(
             shown = Some(material);
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Functions,
+    Pods,
+}
+
+/// Whether a watch event completes the initial listing.
+fn listed<K>(event: Result<watcher::Event<K>, watcher::Error>) -> anyhow::Result<bool> {
+    Ok(matches!(event?, watcher::Event::InitDone))
 }
 
 fn apis(client: &Client, selection: &Selection) -> (Api<Function>, Api<Pod>) {
