@@ -215,6 +215,15 @@ struct ActivatorArgs {
     static_functions: Vec<thaw_activator::StaticFunction>,
 }
 
+/// Ends a plugin command like kubectl does: `error: <why>` and exit status
+/// 1 on failure (no backtrace; the causes are in the message).
+fn plugin_exit(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
 /// A command-line tool's logs: warnings and errors only, on stderr.
 fn plugin_logs() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -237,7 +246,8 @@ async fn main() -> anyhow::Result<()> {
     if plugin::invoked_as_plugin() {
         let args = <plugin::KubectlThaw as Parser>::parse().args;
         plugin_logs();
-        return plugin::run(args).await;
+        plugin_exit(plugin::run(args).await);
+        return Ok(());
     }
     let cli = Cli::parse();
     if matches!(cli.command, Command::Kubectl(_)) {
@@ -255,7 +265,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Operator(args) => operator(*args).await?,
         Command::Activator(args) => activator(*args).await?,
         Command::Gate(args) => gate(args).await?,
-        Command::Kubectl(args) => plugin::run(args).await?,
+        Command::Kubectl(args) => plugin_exit(plugin::run(args).await),
     }
     Ok(())
 }
