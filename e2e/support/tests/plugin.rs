@@ -333,12 +333,39 @@ async fn status_scenario(world: &World) -> Result<()> {
             "the text output does not show {pod} {state}:\n{stdout}"
         );
     }
+    // -A: every Function in the cluster (other tests' too), this one among
+    // them with the same states.
+    let out = world
+        .plugin
+        .run(world.cluster.kubeconfig(), &["status", "-A", "-o", "json"])
+        .await?;
+    ensure!(out.status.success(), "status -A: {}", text(&out.stderr));
+    let all: Value = serde_json::from_slice(&out.stdout).context("status -A -o json")?;
+    let ours = all["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["namespace"] == ns.name.as_str() && f["name"] == name)
+        .context("this Function is not in status -A")?;
+    let states = |r: &Value| -> Vec<String> {
+        instances(r)
+            .into_values()
+            .map(|(state, ..)| state)
+            .collect()
+    };
+    ensure!(
+        states(ours) == states(&report),
+        "status -A shows {:?}, status {:?}",
+        states(ours),
+        states(&report)
+    );
     viewer_without_pod_proxy(world, name).await
 }
 
 /// Someone who may read Functions and pods but not `pods/proxy`: the gates'
 /// numbers read `?`, the head says why once, and the command succeeds. Their
-/// kubeconfig's context names the namespace, so no `-n` is given.
+/// kubeconfig's context (named with `--context`) names the namespace, so no
+/// `-n` is given.
 async fn viewer_without_pod_proxy(world: &World, name: &str) -> Result<()> {
     let ns = &world.ns;
     let pp = PostParams::default();
@@ -360,7 +387,11 @@ async fn viewer_without_pod_proxy(world: &World, name: &str) -> Result<()> {
     ns.api::<RoleBinding>().create(&pp, &binding).await?;
     let (kubeconfig, _) =
         thaw_e2e::install::service_account_kubeconfig(&world.cluster, &ns.name, "viewer").await?;
-    let out = world.plugin.run(&kubeconfig, &["status", name]).await?;
+    let context = format!("system:serviceaccount:{}:viewer", ns.name);
+    let out = world
+        .plugin
+        .run(&kubeconfig, &["--context", &context, "status", name])
+        .await?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     ensure!(out.status.success(), "status as a viewer: {stderr}");
     let said = stdout

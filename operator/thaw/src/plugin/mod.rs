@@ -74,9 +74,15 @@ pub struct StatusArgs {
 pub fn invoked_as_plugin() -> bool {
     std::env::args_os()
         .next()
-        .map(std::path::PathBuf::from)
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .is_some_and(|name| name == PLUGIN_NAME)
+        .is_some_and(|argv0| is_plugin_name(&argv0))
+}
+
+/// `argv[0]` names the plugin: `kubectl-thaw`, by any path (kubectl runs it
+/// by its full path), with or without `.exe`.
+pub fn is_plugin_name(argv0: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(argv0)
+        .file_stem()
+        .is_some_and(|stem| stem == PLUGIN_NAME)
 }
 
 pub async fn run(args: PluginArgs) -> anyhow::Result<()> {

@@ -228,3 +228,114 @@ fn a_watch_reprints_for_changes_not_for_clocks() {
     let changed = build(&function(), &pods(), &busier, now());
     assert_ne!(without_clocks(&at), without_clocks(&changed));
 }
+
+#[test]
+fn the_binary_is_the_plugin_under_the_plugins_name_only() {
+    use std::ffi::OsStr;
+    assert!(super::is_plugin_name(OsStr::new("kubectl-thaw")));
+    assert!(super::is_plugin_name(OsStr::new(
+        "/home/me/.local/bin/kubectl-thaw"
+    )));
+    assert!(super::is_plugin_name(OsStr::new("kubectl-thaw.exe")));
+    assert!(!super::is_plugin_name(OsStr::new("/usr/bin/thaw")));
+    assert!(!super::is_plugin_name(OsStr::new("kubectl-thawed")));
+}
+
+mod invoke {
+    use clap::Parser;
+    use http::Method;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    use super::*;
+    use crate::plugin::invoke::{InvokeArgs, host_of, request, target_port};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: InvokeArgs,
+    }
+
+    fn args(argv: &[&str]) -> InvokeArgs {
+        Cli::try_parse_from(std::iter::once("invoke").chain(argv.iter().copied()))
+            .expect("arguments")
+            .args
+    }
+
+    #[test]
+    fn data_makes_a_post_with_the_functions_host_and_the_path() {
+        let a = args(&[
+            "shop",
+            "--data",
+            "x",
+            "--path",
+            "/orders?id=1",
+            "-H",
+            "X-Y: z",
+        ]);
+        let r = request(&a, "shop.apps.example.com", "/base/", "x".into()).expect("request");
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(r.uri(), "/base/orders?id=1");
+        assert_eq!(r.headers()["host"], "shop.apps.example.com");
+        assert_eq!(r.headers()["x-y"], "z");
+        let get = request(&args(&["shop"]), "h", "", Default::default()).expect("request");
+        assert_eq!(get.method(), Method::GET);
+        let put = request(
+            &args(&["shop", "-X", "put", "-d", "x"]),
+            "h",
+            "",
+            "x".into(),
+        )
+        .expect("request");
+        assert_eq!(put.method(), Method::PUT);
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_flag_named() {
+        let e = request(
+            &args(&["shop", "--path", "orders"]),
+            "h",
+            "",
+            Default::default(),
+        )
+        .expect_err("relative path");
+        assert!(e.to_string().contains("--path"), "{e}");
+        let e = request(
+            &args(&["shop", "-H", "nocolon"]),
+            "h",
+            "",
+            Default::default(),
+        )
+        .expect_err("bad header");
+        assert!(e.to_string().contains("-H"), "{e}");
+    }
+
+    #[test]
+    fn the_host_is_the_published_url_s() {
+        assert_eq!(host_of(&function()), "shop.apps.svc.cluster.local");
+        let mut unpublished = function();
+        unpublished.status = None;
+        assert_eq!(host_of(&unpublished), "shop.apps.svc.cluster.local");
+        let mut custom = function();
+        if let Some(s) = custom.status.as_mut() {
+            s.url = Some("http://shop.apps.fn.example.com".into());
+        }
+        assert_eq!(host_of(&custom), "shop.apps.fn.example.com");
+    }
+
+    #[test]
+    fn a_named_target_port_is_the_containers() {
+        let pod: Pod = serde_yaml::from_str(
+            "metadata: {name: a}\nspec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}",
+        )
+        .expect("pod");
+        let named = IntOrString::String("http".into());
+        assert_eq!(target_port(&pod, Some(&named), 80).expect("port"), 8080);
+        assert_eq!(
+            target_port(&pod, Some(&IntOrString::Int(9000)), 80).expect("port"),
+            9000
+        );
+        assert_eq!(target_port(&pod, None, 80).expect("port"), 80);
+        let missing = IntOrString::String("grpc".into());
+        assert!(target_port(&pod, Some(&missing), 80).is_err());
+    }
+}
