@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use futures::future::join_all;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Config,
@@ -21,6 +21,9 @@ use super::report::GateAnswers;
 
 /// Longest one gate read through the API server may take.
 const GATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Gate reads in flight at once: `-A -w` on a large cluster must not flood
+/// the API server's proxy.
+const GATE_READS_AT_ONCE: usize = 32;
 
 /// kubectl's connection flags.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -139,7 +142,7 @@ pub fn by_function(pods: Vec<Pod>) -> BTreeMap<(String, String), Vec<Pod>> {
     grouped
 }
 
-/// Every gate of `pods` asked at once; a pod with no gate or no IP yet is
+/// Every gate of `pods` asked, [`GATE_READS_AT_ONCE`] at a time; a pod with no gate or no IP yet is
 /// not asked.
 pub async fn ask_gates<'p>(client: &Client, pods: impl Iterator<Item = &'p Pod>) -> GateAnswers {
     let asks = pods.filter_map(|pod| {
@@ -151,7 +154,10 @@ pub async fn ask_gates<'p>(client: &Client, pods: impl Iterator<Item = &'p Pod>)
             (name, answer)
         })
     });
-    join_all(asks).await.into_iter().collect()
+    futures::stream::iter(asks)
+        .buffer_unordered(GATE_READS_AT_ONCE)
+        .collect()
+        .await
 }
 
 /// `GET /v1/state` of a gate through `pods/<name>:<port>/proxy`.

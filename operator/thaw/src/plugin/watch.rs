@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use futures::{StreamExt, stream::BoxStream};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, Client,
@@ -57,16 +57,23 @@ pub async fn watch(
     let mut tick = tokio::time::interval(GATE_REFRESH);
     let mut shown: Option<Vec<FunctionReport>> = None;
     loop {
-        tokio::select! {
-            change = changes.next() => match change {
-                Some((source, Ok(done))) => match source {
-                    Source::Functions => functions_listed |= done,
-                    Source::Pods => pods_listed |= done,
-                },
+        let mut change = tokio::select! {
+            change = changes.next() => change,
+            _ = tick.tick() => Some((Source::Tick, Ok(false))),
+        };
+        // A burst of events (a listing, a pod's status updates) makes one report.
+        loop {
+            match change {
+                Some((Source::Functions, Ok(done))) => functions_listed |= done,
+                Some((Source::Pods, Ok(done))) => pods_listed |= done,
+                Some((Source::Tick, _)) => {}
                 Some((_, Err(e))) => tracing::warn!("watch: {e:#}"),
                 None => return Ok(()),
-            },
-            _ = tick.tick() => {}
+            }
+            match changes.next().now_or_never() {
+                Some(next) => change = next,
+                None => break,
+            }
         }
         if !(functions_listed && pods_listed) {
             continue;
@@ -98,6 +105,7 @@ pub async fn watch(
 enum Source {
     Functions,
     Pods,
+    Tick,
 }
 
 /// Whether a watch event completes the initial listing.
