@@ -103,8 +103,12 @@ kind-install: kind-up ## Build and load the images, helm install thaw with the c
 	bash e2e/kind/images.sh
 	bash e2e/kind/install.sh
 
+.PHONY: dev-kind
+dev-kind: kind-install ## thaw as users run it (chart defaults on kind), hello applied, a port-forward, and the curl.
+	bash e2e/kind/dev.sh
+
 .PHONY: kind-e2e
-kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/support/tests/kind.rs).
+kind-e2e: kind-install ## The kind tests against the chart-installed thaw (e2e/support/tests/kind*.rs, crd.rs).
 	bash e2e/kind/test.sh
 
 .PHONY: bench-cold-start
@@ -114,6 +118,10 @@ bench-cold-start: kind-install ## Cold starts of hello and testfn on kind: break
 .PHONY: bench-scale-from-zero
 bench-scale-from-zero: kind-install ## 25 and 100 Functions from zero at once on kind: time to first 200 (docs/benchmarks.md).
 	bash e2e/bench/kind-scale-from-zero.sh
+
+.PHONY: bench-cold-test
+bench-cold-test: ## `make test` from a clean clone with every cache empty, timed (needs the machine to itself; docs/benchmarks.md).
+	bash e2e/bench/cold-make-test.sh
 
 .PHONY: bench-follower
 bench-follower: cluster-up ## Two operators, two activators, 200 Functions for 10 min: the follower's RSS (docs/benchmarks.md).

@@ -4,6 +4,11 @@
 # docker's data) stay.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# The port-forward of `make dev-kind`, if any.
+if [[ -f $repo/.kind/port-forward.pid ]]; then
+  kill "$(cat "$repo/.kind/port-forward.pid")" 2>/dev/null || true
+  rm -f "$repo/.kind/port-forward.pid"
+fi
 if [[ $mode == offline ]] && ! docker version >/dev/null 2>&1; then
   exit 0 # no dockerd, so no cluster either
 fi

@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod functions;
 pub mod http;
 pub mod install;
+pub mod kind;
 pub mod load;
 pub mod metrics;
 pub mod plugin;

@@ -6,17 +6,14 @@
 //! kind-e2e`, `make test`) against the cluster of `e2e/kind/up.sh` with thaw
 //! installed by `e2e/kind/install.sh`; `THAW_E2E_PROVIDER=kind`.
 
-use std::{collections::BTreeSet, net::SocketAddr, process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::{
     coordination::v1::Lease,
-    core::v1::{Event, Namespace, Pod},
+    core::v1::{Event, Pod},
 };
-use kube::{
-    Api,
-    api::{ListParams, LogParams, Patch, PatchParams, PostParams},
-};
+use kube::{Api, api::ListParams};
 use serde_json::json;
 use thaw_api::{Function, keys::FUNCTION_LABEL};
 use thaw_e2e::{
@@ -24,6 +21,10 @@ use thaw_e2e::{
     fixtures::repo_root,
     functions::{apply_function, instance_pods},
     http::{Reply, get},
+    kind::{
+        ACTIVATOR, LEASE, SYSTEM, WAIT, fetch_in_cluster, image, parse_reply, restricted_namespace,
+        running_pods,
+    },
     wait_until,
 };
 use tokio::{
@@ -31,59 +32,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-const SYSTEM: &str = "thaw-system";
-/// The chart's Services and Lease are named after its release, `thaw`.
-const ACTIVATOR_SERVICE: &str = "thaw-activator";
-const LEASE: &str = "thaw-operator";
 const COLD_START: &str = "thaw-cold-start";
-/// A cold start on real containers, a CoreDNS lookup included, takes
-/// seconds; the deadlines leave room for a loaded 2-core machine.
-const WAIT: Duration = Duration::from_secs(120);
-
-/// The tag images.sh gives every image it builds: the chart's appVersion.
-fn image(name: &str) -> Result<String> {
-    let chart = std::fs::read_to_string(repo_root().join("charts/thaw/Chart.yaml"))?;
-    let version = chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:"))
-        .context("no appVersion in charts/thaw/Chart.yaml")?
-        .trim()
-        .trim_matches('"');
-    Ok(format!("thaw.dev/samples/{name}:{version}"))
-}
-
-/// A namespace under Pod Security "restricted", as the chart's is.
-async fn restricted_namespace(cluster: &Cluster, prefix: &str) -> Result<TestNamespace> {
-    let ns = cluster.namespace(prefix).await?;
-    let label = json!({ "metadata": { "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-    }}});
-    Api::<Namespace>::all(cluster.client())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-        .await?;
-    Ok(ns)
-}
-
-fn is_running_and_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && thaw_e2e::functions::is_ready(pod)
-        && pod.metadata.deletion_timestamp.is_none()
-}
-
-/// Names of the chart's Running and Ready pods of `component`.
-async fn running_pods(cluster: &Cluster, component: &str) -> Result<BTreeSet<String>> {
-    let pods = Api::<Pod>::namespaced(cluster.client(), SYSTEM)
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/name=thaw,app.kubernetes.io/component={component}"
-        )))
-        .await?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| is_running_and_ready(p))
-        .filter_map(|p| p.metadata.name.clone())
-        .collect())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chart_runs_two_operators_and_two_activators_one_leading() -> Result<()> {
@@ -152,60 +101,6 @@ async fn at_zero(functions: &Api<Function>, pods: &Api<Pod>, name: &str) -> Resu
     .await
 }
 
-/// Runs the `fetch` image in `ns` with `args` and returns its output once
-/// the pod has Succeeded.
-async fn fetch_in_cluster(ns: &TestNamespace, args: &[&str]) -> Result<String> {
-    let name = "fetch";
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": "fetch",
-                "image": image("fetch")?,
-                "args": args,
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "capabilities": { "drop": ["ALL"] },
-                },
-            }],
-        },
-    }))?;
-    let pods = ns.api::<Pod>();
-    pods.create(&PostParams::default(), &pod).await?;
-    let phase = wait_until("the fetch pod to finish", WAIT, || async {
-        let pod = pods.get(name).await?;
-        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-        Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
-    })
-    .await?;
-    let logs = pods.logs(name, &LogParams::default()).await?;
-    ensure!(phase == "Succeeded", "fetch {args:?} failed: {logs}");
-    Ok(logs)
-}
-
-/// `fetch`'s output, parsed: status, lower-case header names, body.
-fn parse_fetch(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
-    let (head, body) = out
-        .split_once("\n\n")
-        .context("no blank line after the headers")?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.strip_prefix("HTTP "))
-        .context("no status line")?
-        .parse()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
-        .collect();
-    Ok((status, headers, body.to_owned()))
-}
-
 /// `kubectl port-forward svc/thaw-activator :80` from this machine; the
 /// child is killed when dropped.
 struct PortForward {
@@ -219,7 +114,7 @@ async fn port_forward() -> Result<PortForward> {
             "-n",
             SYSTEM,
             "port-forward",
-            &format!("svc/{ACTIVATOR_SERVICE}"),
+            &format!("svc/{ACTIVATOR}"),
             ":80",
         ])
         .stdout(Stdio::piped())
@@ -279,7 +174,7 @@ async fn cold_start_through_the_activator_service_from_a_pod_and_from_the_host()
     // Service of the activator, resolved by CoreDNS, through kube-proxy.
     let url = format!("http://hello.{}.svc.cluster.local/", ns.name);
     let out = fetch_in_cluster(&ns, &[&url]).await?;
-    let (status, headers, body) = parse_fetch(&out)?;
+    let (status, headers, body) = parse_reply(&out)?;
     ensure!(status == 200, "in-cluster request: {out}");
     ensure!(
         headers.contains(COLD_START),
@@ -352,8 +247,12 @@ impl Drop for DeleteOnDrop {
     }
 }
 
+/// The README quickstart and `make dev-kind` both run `default/hello`.
+static DEFAULT_HELLO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_quickstart_runs_literally() -> Result<()> {
+    let _turn = DEFAULT_HELLO.lock().await;
     let cluster = Cluster::shared().await?;
     let commands = readme_quickstart()?;
     let mut commands = commands.iter();
@@ -418,7 +317,7 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
     let by_path = sh(&next("curl -i http://127.0.0.1:8080/fn/default/hello/")?).await?;
     child.kill().await?;
     for (what, out) in [("by Host", &by_host), ("by path", &by_path)] {
-        let (status, headers, body) = parse_curl(out)?;
+        let (status, headers, body) = parse_reply(out)?;
         ensure!(status == 200, "curl {what}: {out}");
         ensure!(body.starts_with("hello from hello-"), "curl {what}: {out}");
         if what == "by Host" {
@@ -433,24 +332,6 @@ async fn readme_quickstart_runs_literally() -> Result<()> {
         "README: commands after the curls that this test does not run"
     );
     Ok(())
-}
-
-/// `curl -i` output: status, lower-case header names, body.
-fn parse_curl(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
-    let normalized = out.replace("\r\n", "\n");
-    let (head, body) = normalized
-        .split_once("\n\n")
-        .context("no blank line after the headers")?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no status line")?
-        .parse()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
-        .collect();
-    Ok((status, headers, body.to_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -516,5 +397,45 @@ async fn root_image_with_default_security_is_refused_with_a_clear_condition() ->
         .map(|cs| cs.iter().map(|c| c.restart_count).sum())
         .unwrap_or(0);
     ensure!(restarts == 0, "the container restarted {restarts} times");
+    Ok(())
+}
+
+/// Stops `make dev-kind`'s port-forward when the test ends.
+struct StopForward;
+impl Drop for StopForward {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(repo_root().join(".kind/port-forward.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// `make dev-kind`'s script on the chart-installed thaw: it applies hello,
+/// leaves a port-forward running and prints a curl that cold-starts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_kind_prints_a_curl_that_cold_starts_hello() -> Result<()> {
+    let _turn = DEFAULT_HELLO.lock().await;
+    let cluster = Cluster::shared().await?;
+    let _cleanup = DeleteOnDrop("manifests/examples/hello.yaml");
+    let _forward = StopForward;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = sh(&format!("THAW_DEV_PORT={port} bash e2e/kind/dev.sh")).await?;
+    let curl = format!("curl -i http://127.0.0.1:{port}/fn/default/hello/");
+    ensure!(out.contains(&curl), "no `{curl}` in:\n{out}");
+    let client = cluster.client();
+    at_zero(
+        &Api::namespaced(client.clone(), "default"),
+        &Api::namespaced(client, "default"),
+        "hello",
+    )
+    .await?;
+    let reply = sh(&curl).await?;
+    ensure!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    ensure!(
+        reply.to_ascii_lowercase().contains("thaw-cold-start:"),
+        "the printed curl cold-starts hello: {reply}"
+    );
     Ok(())
 }

@@ -5,33 +5,17 @@
 //!
 //! Built only with the `kind` feature and run by `e2e/kind/test.sh`.
 
-use std::{process::Output, time::Duration};
+use std::process::Output;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
 use serde_json::{Value, json};
 use thaw_e2e::{
-    Cluster, fixtures::repo_root, functions::apply_function, functions::instance_pods,
-    plugin::KubectlThaw, wait_until,
+    Cluster,
+    functions::{apply_function, instance_pods},
+    kind::{WAIT, image, restricted_namespace, wait_routed},
+    plugin::KubectlThaw,
+    wait_until,
 };
-
-const WAIT: Duration = Duration::from_secs(120);
-
-/// The sample image as images.sh tags it: the chart's appVersion.
-fn image(name: &str) -> Result<String> {
-    let chart = std::fs::read_to_string(repo_root().join("charts/thaw/Chart.yaml"))?;
-    let version = chart
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion:"))
-        .context("no appVersion in charts/thaw/Chart.yaml")?
-        .trim()
-        .trim_matches('"');
-    Ok(format!("thaw.dev/samples/{name}:{version}"))
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -50,14 +34,7 @@ fn succeeded(out: &Output, what: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn invoke_port_forwards_to_the_activator_and_cold_starts_a_function() -> Result<()> {
     let cluster = Cluster::shared().await?;
-    let ns = cluster.namespace("kind-plugin").await?;
-    // Pod Security "restricted", as the chart's namespace is.
-    let label = json!({ "metadata": { "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted",
-    }}});
-    Api::<Namespace>::all(cluster.client())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-        .await?;
+    let ns = restricted_namespace(&cluster, "kind-plugin").await?;
     apply_function(
         &ns,
         "hello",
@@ -75,6 +52,7 @@ async fn invoke_port_forwards_to_the_activator_and_cold_starts_a_function() -> R
     })
     .await?;
     ensure!(instance_pods(&ns, "hello").await?.is_empty(), "not at zero");
+    wait_routed(&cluster, &ns.name, "hello").await?;
 
     let plugin = KubectlThaw::install()?;
     let out = plugin

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -33,7 +33,7 @@ use thaw_api::{
 };
 use thaw_e2e::{
     Cluster, Operator, TestNamespace,
-    functions::apply_function,
+    functions::{apply_function, gap, instance_time},
     http::get,
     load::{Endpoints, Load, LoadOptions, Tally},
     process::Activator,
@@ -644,23 +644,6 @@ async fn an_instance_busy_through_a_cut_off_activator_is_not_deleted() {
     fleet.finish().await;
 }
 
-/// An RFC 3339 annotation of the Function's only instance, once present.
-async fn instance_time(fleet: &Fleet, name: &str, key: &str) -> Result<Option<SystemTime>> {
-    let Some(pod) = fleet.pods(name).await.into_iter().next() else {
-        return Ok(None);
-    };
-    let Some(text) = pod.metadata.annotations.and_then(|a| a.get(key).cloned()) else {
-        return Ok(None);
-    };
-    let at: k8s_openapi::jiff::Timestamp = text.parse().context("annotation time")?;
-    let nanos = u64::try_from(at.as_nanosecond()).context("time before 1970")?;
-    Ok(Some(UNIX_EPOCH + Duration::from_nanos(nanos)))
-}
-
-fn gap(a: SystemTime, b: SystemTime) -> Duration {
-    a.duration_since(b).unwrap_or_else(|e| e.duration())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_activator_restart_after_the_last_request_moves_no_expiry() {
     const KEEP_ALIVE: Duration = Duration::from_secs(12);
@@ -683,7 +666,7 @@ async fn an_activator_restart_after_the_last_request_moves_no_expiry() {
     assert_eq!(reply.status, 200, "{reply:?}");
     let expected = last_request + KEEP_ALIVE;
     let shown = wait_until("the instance's expires-at", WAIT, || {
-        instance_time(&fleet, "clock", EXPIRES_AT_ANNOTATION)
+        instance_time(&fleet.ns, "clock", EXPIRES_AT_ANNOTATION)
     })
     .await
     .unwrap_or_else(|e| fleet.fail(e));
@@ -705,7 +688,7 @@ async fn an_activator_restart_after_the_last_request_moves_no_expiry() {
         if fleet.pods("clock").await.is_empty() {
             anyhow::bail!("the instance went before its drain was seen");
         }
-        instance_time(&fleet, "clock", DRAINING_SINCE_ANNOTATION).await
+        instance_time(&fleet.ns, "clock", DRAINING_SINCE_ANNOTATION).await
     })
     .await
     .unwrap_or_else(|e| fleet.fail(e));

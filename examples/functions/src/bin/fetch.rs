@@ -1,6 +1,6 @@
-//! `fetch`: a one-shot HTTP/1.1 GET for tests inside a cluster, where no curl
-//! image can be pulled. `fetch URL [NAME:VALUE]...` sends the request with
-//! those extra headers and prints `HTTP <status>`, the response headers
+//! `fetch`: a one-shot HTTP/1.1 request for tests inside a cluster, where no
+//! curl image can be pulled. `fetch [-d BODY] URL [NAME:VALUE]...` sends a
+//! GET (a POST of BODY with `-d`) with those extra headers and prints `HTTP <status>`, the response headers
 //! (`name: value`, one per line), a blank line and the body to stdout.
 //! Exits 1 when no response arrives (connect error, timeout).
 
@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Uri};
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -47,8 +47,12 @@ fn main() -> ExitCode {
 }
 
 async fn fetch(args: &[String]) -> anyhow::Result<String> {
+    let (body, args) = match args {
+        [flag, body, rest @ ..] if flag == "-d" => (Some(body.clone()), rest),
+        _ => (None, args),
+    };
     let Some((url, headers)) = args.split_first() else {
-        bail!("usage: fetch URL [NAME:VALUE]...");
+        bail!("usage: fetch [-d BODY] URL [NAME:VALUE]...");
     };
     let uri: Uri = url
         .parse()
@@ -67,9 +71,12 @@ async fn fetch(args: &[String]) -> anyhow::Result<String> {
 
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host, |a| a.as_str());
-    let mut req = Request::get(path)
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, authority)
-        .body(Empty::<Bytes>::new())?;
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     for h in headers {
         let (name, value) = h
             .split_once(':')
