@@ -502,6 +502,28 @@ async fn invoke_scenario(world: &World) -> Result<()> {
         text(&warm.stdout)
     );
 
+    // The same commands under the binary's own name: `thaw kubectl ...`.
+    let own = tokio::process::Command::new(thaw_e2e::process::thaw_binary())
+        .arg("kubectl")
+        .arg("--kubeconfig")
+        .arg(world.cluster.kubeconfig())
+        .args(["-n", &ns.name, "status", name, "-o", "json"])
+        .output()
+        .await?;
+    ensure!(
+        own.status.success(),
+        "thaw kubectl status: {}",
+        text(&own.stderr)
+    );
+    let report: Value = serde_json::from_slice(&own.stdout).context("thaw kubectl status")?;
+    ensure!(
+        instances(&report)
+            .get(&instance)
+            .map(|(state, ..)| state.as_str())
+            == Some("idle"),
+        "thaw kubectl status: {report}"
+    );
+
     // A Function that does not exist: a clear error, non-zero exit.
     let missing = world
         .thaw(&["invoke", "nope", "--activator-url", &url])
