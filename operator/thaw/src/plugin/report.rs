@@ -194,6 +194,8 @@ pub fn build(
 
 /// One instance, from its pod and its gate's answer.
 pub fn instance(pod: &Pod, gate: &Answer, now: Timestamp) -> InstanceReport {
+    // The controller's own classification; the spec hash only decides
+    // `current`, which the report does not show.
     let classified = classify(pod, "");
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let timestamp = |key: &str| {
