@@ -8,7 +8,10 @@
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -22,9 +25,16 @@ use kube::{
     Api,
     api::{ListParams, LogParams, Patch, PatchParams, PostParams},
 };
-use serde_json::json;
+use serde_json::{Value, json};
+use thaw_api::Function;
 
-use crate::{Cluster, TestNamespace, fixtures::repo_root, functions::is_ready, wait_until};
+use crate::{
+    Cluster, TestNamespace,
+    fixtures::repo_root,
+    functions::{apply_function, instance_pods, is_ready},
+    http::{Reply, get},
+    wait_until,
+};
 
 /// The chart's release namespace; its objects are named after the release,
 /// `thaw`.
@@ -377,4 +387,91 @@ pub fn parse_reply(out: &str) -> Result<(u16, BTreeSet<String>, String)> {
         .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
         .collect();
     Ok((status, headers, body.to_owned()))
+}
+
+/// A test's namespace and its way to the chart's activators.
+pub struct Scenario {
+    pub cluster: Cluster,
+    pub ns: TestNamespace,
+    /// The NodePort over the activator pods.
+    pub addr: SocketAddr,
+}
+
+impl Scenario {
+    pub async fn new(prefix: &str) -> Result<Arc<Scenario>> {
+        let cluster = Cluster::shared().await?;
+        let ns = restricted_namespace(&cluster, prefix).await?;
+        let addr = activator_node_port(&cluster).await?;
+        Ok(Arc::new(Scenario { cluster, ns, addr }))
+    }
+
+    pub fn host(&self, name: &str) -> String {
+        format!("{name}.{}.svc.cluster.local", self.ns.name)
+    }
+
+    /// Applies Function `name` and waits until both activators route it.
+    pub async fn function(&self, name: &str, spec: Value) -> Result<()> {
+        apply_function(&self.ns, name, spec).await?;
+        wait_routed(&self.cluster, &self.ns.name, name).await
+    }
+
+    pub async fn get(&self, name: &str, path: &str) -> Result<Reply> {
+        get(self.addr, &self.host(name), path, WAIT).await
+    }
+
+    pub async fn pods(&self, name: &str) -> Result<Vec<Pod>> {
+        instance_pods(&self.ns, name).await
+    }
+
+    pub async fn wait_ready_pods(&self, name: &str, n: usize) -> Result<Vec<Pod>> {
+        wait_until(&format!("{n} ready instances of {name}"), WAIT, || async {
+            let pods = self.pods(name).await?;
+            Ok((pods.len() == n && pods.iter().all(is_ready)).then_some(pods))
+        })
+        .await
+    }
+
+    /// The Function's Ready condition: status, reason, message.
+    pub async fn ready(&self, name: &str) -> Result<Option<(String, String, String)>> {
+        let function = self.ns.api::<Function>().get(name).await?;
+        Ok(function.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| (c.status, c.reason, c.message))
+        }))
+    }
+
+    /// The sum over both activators of the metric line starting with
+    /// `prefix` (each has its own in-flight count and queue).
+    pub async fn metric_sum(&self, prefix: &str) -> Result<f64> {
+        Ok(activator_metrics(&self.cluster)
+            .await?
+            .iter()
+            .filter_map(|(_, text)| metric(text, prefix))
+            .sum())
+    }
+
+    pub fn labels(&self, name: &str) -> String {
+        format!("{{function=\"{name}\",namespace=\"{}\"}}", self.ns.name)
+    }
+
+    /// testfn's own `/stats` of every instance, through the API server.
+    pub async fn instance_stats(&self, name: &str) -> Result<Vec<Value>> {
+        let mut all = Vec::new();
+        for pod in self.pods(name).await? {
+            let pod = pod.metadata.name.context("pod without a name")?;
+            let body = pod_get(&self.cluster, &self.ns.name, &pod, 8080, "/stats").await?;
+            all.push(serde_json::from_str(&body).context("testfn stats")?);
+        }
+        Ok(all)
+    }
+}
+
+/// The value of the first metric line starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

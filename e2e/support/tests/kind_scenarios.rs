@@ -30,13 +30,12 @@ use thaw_api::{
     keys::{DRAINING_SINCE_ANNOTATION, EXPIRES_AT_ANNOTATION, FUNCTION_LABEL},
 };
 use thaw_e2e::{
-    Cluster, TestNamespace,
-    functions::{apply_function, instance_pods, is_ready},
+    functions::{apply_function, is_ready},
     http::{Reply, get},
     install::{STATS_AUDIENCE, request_token},
     kind::{
-        OPERATOR, SYSTEM, WAIT, activator_metrics, activator_node_port, fetch_in_cluster, image,
-        parse_reply, pod_get, restricted_namespace, running_pods, wait_routed,
+        OPERATOR, SYSTEM, Scenario, WAIT, activator_metrics, fetch_in_cluster, image, metric,
+        parse_reply, pod_get, running_pods,
     },
     wait_until,
 };
@@ -44,91 +43,6 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-
-/// A test's namespace and its way to the chart's activators.
-struct Scenario {
-    cluster: Cluster,
-    ns: TestNamespace,
-    addr: SocketAddr,
-}
-
-impl Scenario {
-    async fn new(prefix: &str) -> Result<Arc<Scenario>> {
-        let cluster = Cluster::shared().await?;
-        let ns = restricted_namespace(&cluster, prefix).await?;
-        let addr = activator_node_port(&cluster).await?;
-        Ok(Arc::new(Scenario { cluster, ns, addr }))
-    }
-
-    fn host(&self, name: &str) -> String {
-        format!("{name}.{}.svc.cluster.local", self.ns.name)
-    }
-
-    /// Applies Function `name` and waits until both activators route it.
-    async fn function(&self, name: &str, spec: Value) -> Result<()> {
-        apply_function(&self.ns, name, spec).await?;
-        wait_routed(&self.cluster, &self.ns.name, name).await
-    }
-
-    async fn get(&self, name: &str, path: &str) -> Result<Reply> {
-        get(self.addr, &self.host(name), path, WAIT).await
-    }
-
-    async fn pods(&self, name: &str) -> Result<Vec<Pod>> {
-        instance_pods(&self.ns, name).await
-    }
-
-    async fn wait_ready_pods(&self, name: &str, n: usize) -> Result<Vec<Pod>> {
-        wait_until(&format!("{n} ready instances of {name}"), WAIT, || async {
-            let pods = self.pods(name).await?;
-            Ok((pods.len() == n && pods.iter().all(is_ready)).then_some(pods))
-        })
-        .await
-    }
-
-    /// The Function's Ready condition: status, reason, message.
-    async fn ready(&self, name: &str) -> Result<Option<(String, String, String)>> {
-        let function = self.ns.api::<Function>().get(name).await?;
-        Ok(function.status.and_then(|s| {
-            s.conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| (c.status, c.reason, c.message))
-        }))
-    }
-
-    /// The sum over both activators of the metric line starting with
-    /// `prefix` (each has its own in-flight count and queue).
-    async fn metric_sum(&self, prefix: &str) -> Result<f64> {
-        Ok(activator_metrics(&self.cluster)
-            .await?
-            .iter()
-            .filter_map(|(_, text)| metric(text, prefix))
-            .sum())
-    }
-
-    fn labels(&self, name: &str) -> String {
-        format!("{{function=\"{name}\",namespace=\"{}\"}}", self.ns.name)
-    }
-
-    /// testfn's own `/stats` of every instance, through the API server.
-    async fn instance_stats(&self, name: &str) -> Result<Vec<Value>> {
-        let mut all = Vec::new();
-        for pod in self.pods(name).await? {
-            let pod = pod.metadata.name.context("pod without a name")?;
-            let body = pod_get(&self.cluster, &self.ns.name, &pod, 8080, "/stats").await?;
-            all.push(serde_json::from_str(&body).context("testfn stats")?);
-        }
-        Ok(all)
-    }
-}
-
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 fn names(pods: &[Pod]) -> BTreeSet<String> {
     pods.iter()
