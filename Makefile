@@ -21,6 +21,17 @@ tools: ## Build the local cluster's binaries (Kubernetes, etcd, helm) into ~/.ca
 build: ## Build every crate.
 	$(CARGO) build --workspace --all-targets
 
+# `kubectl thaw`: kubectl runs any `kubectl-<name>` on PATH as `kubectl <name>`.
+PREFIX ?= $(HOME)/.local
+.PHONY: install-plugin
+install-plugin: ## Install `kubectl thaw`: target/release/thaw copied to $(PREFIX)/bin/thaw, linked as kubectl-thaw.
+	$(CARGO) build --release -p thaw
+	install -d $(PREFIX)/bin
+	install -m 0755 target/release/thaw $(PREFIX)/bin/thaw
+	ln -sf thaw $(PREFIX)/bin/kubectl-thaw
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "add $(PREFIX)/bin to PATH for kubectl to find kubectl-thaw" ;; esac
+	@echo "installed: $(PREFIX)/bin/kubectl-thaw (try: kubectl thaw status <function>)"
+
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust API types, and the chart's copy and manifests/install.yaml with it.
 	$(CARGO) run --quiet -p thaw -- crd > crds/functions.thaw.dev.yaml

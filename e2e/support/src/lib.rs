@@ -11,6 +11,7 @@ pub mod install;
 pub mod kind;
 pub mod load;
 pub mod metrics;
+pub mod plugin;
 pub mod process;
 pub mod relay;
 pub mod wait;

@@ -87,6 +87,39 @@ impl std::fmt::Display for Breakdown {
     }
 }
 
+/// Why a cold-start annotation could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a cold-start breakdown as the controller writes it")]
+pub struct ParseBreakdownError(String);
+
+/// Reads back what [`Breakdown`]'s `Display` wrote (the annotation), for
+/// readers such as `kubectl thaw status`: the format is defined here only.
+impl std::str::FromStr for Breakdown {
+    type Err = ParseBreakdownError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParseBreakdownError(text.to_owned());
+        let duration = |part: &str| -> Result<Duration, ParseBreakdownError> {
+            part.parse::<kube::core::Duration>()
+                .map(Duration::from)
+                .map_err(|_| error())
+        };
+        let rest = text.strip_prefix("ready ").ok_or_else(error)?;
+        let (total, rest) = rest
+            .split_once(" after the decision: scheduled in ")
+            .ok_or_else(error)?;
+        let (schedule, rest) = rest.split_once(", process started ").ok_or_else(error)?;
+        let (start, rest) = rest.split_once(" later, ready ").ok_or_else(error)?;
+        let ready = rest.strip_suffix(" after that").ok_or_else(error)?;
+        Ok(Self {
+            schedule: duration(schedule)?,
+            start: duration(start)?,
+            ready: duration(ready)?,
+            total: duration(total)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +155,17 @@ mod tests {
             b.to_string(),
             "ready 150ms after the decision: scheduled in 10ms, process started 140ms later, ready 0s after that"
         );
+    }
+
+    #[test]
+    fn the_annotation_reads_back_as_the_breakdown_it_was_written_from() {
+        let b = Breakdown {
+            schedule: Duration::from_millis(12),
+            start: Duration::from_millis(1_250),
+            ready: Duration::from_millis(61_250),
+            total: Duration::from_millis(62_512),
+        };
+        assert_eq!(b.to_string().parse::<Breakdown>().expect("parses"), b);
+        assert!("ready soon".parse::<Breakdown>().is_err());
     }
 }

@@ -1,4 +1,7 @@
-//! The `thaw` binary: one executable for every thaw component.
+//! The `thaw` binary: one executable for every thaw component, and the
+//! kubectl plugin (`kubectl thaw`, see [`plugin`]).
+
+mod plugin;
 
 use std::{
     io::{IsTerminal, Write},
@@ -44,6 +47,8 @@ enum Command {
     /// Run the gate: the sidecar in every instance pod that holds its hard
     /// concurrency limit and its idle clock (started by the operator's pods).
     Gate(GateArgs),
+    /// The kubectl plugin's commands (`kubectl thaw ...` when installed as kubectl-thaw).
+    Kubectl(plugin::PluginArgs),
 }
 
 #[derive(Args)]
@@ -210,6 +215,25 @@ struct ActivatorArgs {
     static_functions: Vec<thaw_activator::StaticFunction>,
 }
 
+/// Ends a plugin command like kubectl does: `error: <why>` and exit status
+/// 1 on failure (no backtrace; the causes are in the message).
+fn plugin_exit(result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A command-line tool's logs: warnings and errors only, on stderr.
+fn plugin_logs() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// A duration written like 500ms, 10s or 1m30s.
 fn duration(text: &str) -> Result<Duration, String> {
     thaw_api::GoDuration::from(text)
@@ -219,16 +243,17 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if plugin::invoked_as_plugin() {
+        let args = <plugin::KubectlThaw as Parser>::parse().args;
+        plugin_logs();
+        plugin_exit(plugin::run(args).await);
+        return Ok(());
+    }
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json().init();
+    if matches!(cli.command, Command::Kubectl(_)) {
+        plugin_logs();
     } else {
-        logs.init();
+        component_logs(&cli.log_format);
     }
     match cli.command {
         Command::Crd => {
@@ -240,8 +265,23 @@ async fn main() -> anyhow::Result<()> {
         Command::Operator(args) => operator(*args).await?,
         Command::Activator(args) => activator(*args).await?,
         Command::Gate(args) => gate(args).await?,
+        Command::Kubectl(args) => plugin_exit(plugin::run(args).await),
     }
     Ok(())
+}
+
+/// A component's logs: info and up on stderr, as text or JSON.
+fn component_logs(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 }
 
 async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
