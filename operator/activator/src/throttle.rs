@@ -44,6 +44,8 @@ pub struct FunctionConfig {
     pub timeout: Duration,
     /// `spec.port`, for pods that do not say their own.
     pub port: u16,
+    /// `spec.maxRequestsPerInstance`; 0 = unlimited.
+    pub max_requests: u32,
 }
 
 /// What the activator needs of an instance pod.
@@ -93,6 +95,10 @@ pub struct Instance {
     idle_since: Option<Instant>,
     /// The address as a URI authority, made once.
     authority: Option<(SocketAddr, Authority)>,
+    /// Requests this activator placed on it.
+    started: u64,
+    /// Its gate refused a request as exhausted: it takes no more, ever.
+    exhausted: bool,
 }
 
 impl Instance {
@@ -116,6 +122,14 @@ impl Instance {
             && self.pod.ip.is_some()
             && self.pod.hash.is_some()
             && self.pod.owner_uid.as_deref() == Some(config.uid.as_str())
+            && !self.spent(config)
+    }
+
+    /// Has started `maxRequestsPerInstance` requests, as far as this
+    /// activator knows (its own placements, or the gate's refusal).
+    fn spent(&self, config: &FunctionConfig) -> bool {
+        self.exhausted
+            || (config.max_requests > 0 && self.started >= u64::from(config.max_requests))
     }
 
     fn current(&self, config: &FunctionConfig) -> bool {
@@ -211,6 +225,9 @@ pub struct FunctionState {
     area_since: Instant,
     /// Requests received since the last report.
     requests: u64,
+    /// An instance became spent (maxRequestsPerInstance) since the last
+    /// [`FunctionState::take_spent_news`]: the autoscaler should hear it now.
+    spent_news: bool,
 }
 
 impl FunctionState {
@@ -227,6 +244,7 @@ impl FunctionState {
             area: 0.0,
             area_since: now,
             requests: 0,
+            spent_news: false,
         }
     }
 
@@ -321,6 +339,8 @@ impl FunctionState {
                     in_flight: 0,
                     idle_since: None,
                     authority: None,
+                    started: 0,
+                    exhausted: false,
                 });
                 self.instances.len() - 1
             }
@@ -492,6 +512,22 @@ impl FunctionState {
         })
     }
 
+    /// The instance's gate refused a request as exhausted: it takes nothing
+    /// new, and the autoscaler hears it at once.
+    pub fn exhausted(&mut self, instance: InstanceId) {
+        if let Some(instance) = self.instance_mut(instance)
+            && !instance.exhausted
+        {
+            instance.exhausted = true;
+            self.spent_news = true;
+        }
+    }
+
+    /// Whether an instance became spent since the last call.
+    pub fn take_spent_news(&mut self) -> bool {
+        std::mem::take(&mut self.spent_news)
+    }
+
     /// What the prober of `instance` should probe; `None` tells it to stop
     /// (the instance is ready, retired or gone).
     pub fn probe_target(&mut self, instance: InstanceId) -> Option<ProbeTarget> {
@@ -557,6 +593,8 @@ impl FunctionState {
                         .unwrap_or(u64::MAX)
                 }),
                 draining: i.gone || i.pod.draining || i.pod.terminating,
+                started: i.started,
+                exhausted: self.config.as_ref().is_some_and(|c| i.spent(c)),
             })
             .collect();
         report
@@ -589,9 +627,14 @@ impl FunctionState {
 
     fn occupy(&mut self, index: usize) -> Slot {
         let default_port = self.config.as_ref().map(|c| c.port).unwrap_or(8080);
+        let max_requests = self.config.as_ref().map_or(0, |c| c.max_requests);
         let instance = &mut self.instances[index];
         instance.in_flight += 1;
+        instance.started += 1;
         self.in_flight += 1;
+        if max_requests > 0 && instance.started == u64::from(max_requests) {
+            self.spent_news = true;
+        }
         // Placeable instances have an address.
         let addr = instance
             .addr(default_port)

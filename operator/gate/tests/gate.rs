@@ -70,6 +70,7 @@ async fn gate(upstream: u16, concurrency: u32) -> (SocketAddr, SocketAddr) {
         admin_listen: admin,
         upstream: Upstream::new(upstream, None),
         concurrency,
+        max_requests: 0,
         max_waiting: 100,
         max_hold: Duration::from_secs(10),
         header_read_timeout: Duration::from_secs(5),
