@@ -188,8 +188,14 @@ async fn prepare(pe: &PodEnv, c: &Container) -> Result<Prepared, PrepareError> {
         pod_ip: Some(pe.pod_ip.to_string()),
         host_ip: ctx.net.gateway.to_string(),
     };
-    let env =
+    let mut env =
         build_env(c, &facts, &entry.env, &ctx.host_path, &refs).map_err(PrepareError::Config)?;
+    // An emptyDir at /tmp: the pod's own directory, as TMPDIR.
+    if let Some(dir) = crate::volumes::temp_dir(&pe.pod, c, &pe.log_dir) {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| PrepareError::Create(format!("creating {}: {e}", dir.display())))?;
+        env.set("TMPDIR", dir.display().to_string());
+    }
     let lookup = |n: &str| env.get(n).map(str::to_string);
     let command: Vec<String> = c
         .command

@@ -5,7 +5,7 @@
 //! installs it (its ServiceAccounts and RBAC), on the local cluster.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -23,6 +23,7 @@ use thaw_e2e::{
     functions::{apply_function, instance_pods, is_ready},
     http::{self, Reply},
     install::{ChartThaw, Mode, Release},
+    process::{Activator, Operator},
     wait_until,
 };
 
@@ -210,6 +211,93 @@ async fn every_request_gets_a_fresh_warm_instance_that_is_gone_soon_after() {
         times[times.len() / 2],
         times[times.len() - 1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_requests_hold_under_load_through_two_activators() {
+    let cluster = Cluster::shared().await.expect("cluster");
+    cluster.install_function_crd().await.expect("CRD");
+    let ns = cluster.namespace("fresh-five").await.expect("namespace");
+    let operator = Operator::start(&cluster, &ns.name, "op").expect("operator");
+    let activators: Vec<Activator> = ["act-a", "act-b"]
+        .into_iter()
+        .map(|id| Activator::start(&cluster, &ns.name, &operator, id, &[]).expect("activator"))
+        .collect();
+    let logs = || {
+        let mut all = operator.log();
+        for a in &activators {
+            all.push_str(&a.log());
+        }
+        all
+    };
+    for a in &activators {
+        a.wait_ready(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    }
+    apply_function(
+        &ns,
+        "five",
+        json!({
+            "image": sample_image("testfn"),
+            "concurrency": 1,
+            "maxRequestsPerInstance": 5,
+            "scaling": { "warmInstances": 1 },
+        }),
+    )
+    .await
+    .expect("apply Function");
+    for a in &activators {
+        a.wait_routes(&ns.name, "five", WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    }
+    let host = format!("five.{}.svc.cluster.local", ns.name);
+    let addrs: Vec<_> = activators.iter().map(Activator::addr).collect();
+    // 6 clients at once, each sending 15 requests alternately through
+    // either activator: both place on the same instances.
+    let clients: Vec<_> = (0..6)
+        .map(|client| {
+            let (host, addrs) = (host.clone(), addrs.clone());
+            tokio::spawn(async move {
+                let mut replies = Vec::new();
+                for i in 0..15usize {
+                    let addr = addrs[(client + i) % addrs.len()];
+                    let reply =
+                        http::get(addr, &host, "/?sleep=20", Duration::from_secs(60)).await;
+                    replies.push(reply.map_err(|e| format!("{e:#}")));
+                }
+                replies
+            })
+        })
+        .collect();
+    let mut served: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for client in clients {
+        for reply in client.await.expect("client") {
+            match reply {
+                Ok(reply) if reply.status == 200 => {
+                    let instance = header(&reply, "x-instance").unwrap_or("?").to_owned();
+                    let number = header(&reply, "x-served")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(u64::MAX);
+                    served.entry(instance).or_default().push(number);
+                }
+                Ok(reply) => failed.push(format!("{}: {}", reply.status, reply.body)),
+                Err(e) => failed.push(e),
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed requests: {failed:?}\n{}", logs());
+    assert_eq!(served.values().map(Vec::len).sum::<usize>(), 90);
+    for (instance, numbers) in &served {
+        assert!(
+            numbers.len() <= 5 && numbers.iter().all(|n| (1..=5).contains(n)),
+            "{instance} served {numbers:?}: more than maxRequestsPerInstance 5"
+        );
+    }
+    assert!(served.len() >= 18, "90 requests need at least 18 instances: {served:?}");
+    println!("90 requests on {} instances", served.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,71 @@
+//! emptyDir volumes, as far as processes can have them: a container that
+//! mounts an emptyDir at /tmp gets a directory of its pod's own as `TMPDIR`
+//! (processes share the host's /tmp, so a mount is not possible), created
+//! with the pod and removed with it. Other mounts are not honoured.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+/// The directory of `pod`'s emptyDir volumes under its state directory.
+pub fn volumes_dir(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("volumes")
+}
+
+/// The directory `c` gets as `TMPDIR`: the emptyDir it mounts at /tmp, if
+/// it mounts one there.
+pub fn temp_dir(pod: &Pod, c: &Container, pod_dir: &Path) -> Option<PathBuf> {
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == "/tmp")?;
+    let volume = pod
+        .spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)?;
+    volume.empty_dir.as_ref()?;
+    Some(volumes_dir(pod_dir).join(&volume.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(volume: serde_json::Value, mount_path: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "volumes": [volume],
+                "containers": [{"name": "c", "volumeMounts": [{"name": "scratch", "mountPath": mount_path}]}],
+            },
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn an_empty_dir_at_tmp_becomes_the_pods_own_directory() {
+        let p = pod(serde_json::json!({"name": "scratch", "emptyDir": {}}), "/tmp");
+        let c = &p.spec.as_ref().expect("spec").containers[0];
+        assert_eq!(
+            temp_dir(&p, c, Path::new("/state/pods/ns_p_uid")),
+            Some(PathBuf::from("/state/pods/ns_p_uid/volumes/scratch"))
+        );
+    }
+
+    #[test]
+    fn other_mounts_and_volumes_give_nothing() {
+        let elsewhere = pod(serde_json::json!({"name": "scratch", "emptyDir": {}}), "/data");
+        let c = &elsewhere.spec.as_ref().expect("spec").containers[0];
+        assert_eq!(temp_dir(&elsewhere, c, Path::new("/s")), None);
+        let host = pod(
+            serde_json::json!({"name": "scratch", "hostPath": {"path": "/x"}}),
+            "/tmp",
+        );
+        let c = &host.spec.as_ref().expect("spec").containers[0];
+        assert_eq!(temp_dir(&host, c, Path::new("/s")), None);
+    }
+}
