@@ -116,20 +116,28 @@ impl Instance {
     }
 
     fn placeable(&self, config: &FunctionConfig) -> bool {
+        self.serving(config) && !self.spent(config)
+    }
+
+    /// Ready, not retired, owned: it serves what was placed on it (a slot
+    /// handed to a waiter stays good even if it was the instance's last).
+    fn serving(&self, config: &FunctionConfig) -> bool {
         self.ready
             && !self.kubelet_unready
             && !self.retired()
             && self.pod.ip.is_some()
             && self.pod.hash.is_some()
             && self.pod.owner_uid.as_deref() == Some(config.uid.as_str())
-            && !self.spent(config)
     }
 
     /// Has started `maxRequestsPerInstance` requests, as far as this
     /// activator knows (its own placements, or the gate's refusal).
     fn spent(&self, config: &FunctionConfig) -> bool {
-        self.exhausted
-            || (config.max_requests > 0 && self.started >= u64::from(config.max_requests))
+        self.spent_at(config.max_requests)
+    }
+
+    fn spent_at(&self, max_requests: u32) -> bool {
+        self.exhausted || (max_requests > 0 && self.started >= u64::from(max_requests))
     }
 
     fn current(&self, config: &FunctionConfig) -> bool {
@@ -453,7 +461,7 @@ impl FunctionState {
         if let Some(position) = self.assigned.iter().position(|(w, _)| *w == id) {
             let (_, slot) = self.assigned.swap_remove(position);
             let still_placeable = match (&self.config, self.instance(slot.instance)) {
-                (Some(config), Some(instance)) => instance.placeable(config),
+                (Some(config), Some(instance)) => instance.serving(config),
                 _ => false,
             };
             if still_placeable {
@@ -658,12 +666,17 @@ impl FunctionState {
 
     fn free(&mut self, id: InstanceId, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let max_requests = self.config.as_ref().map_or(0, |c| c.max_requests);
+        let mut spent_idle = false;
         if let Some(instance) = self.instance_mut(id) {
             instance.in_flight = instance.in_flight.saturating_sub(1);
             if instance.in_flight == 0 {
                 instance.idle_since = Some(now);
+                spent_idle = instance.spent_at(max_requests);
             }
         }
+        // A used-up instance just went idle: it can go now.
+        self.spent_news |= spent_idle;
         self.instances.retain(|i| !(i.gone && i.in_flight == 0));
     }
 

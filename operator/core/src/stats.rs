@@ -343,10 +343,10 @@ mod tests {
         assert_eq!(sample().validate(), Ok(()));
 
         let mut report = sample();
-        report.version = 3;
+        report.version = 4;
         assert_eq!(
             report.validate(),
-            Err(StatsError::UnsupportedVersion { version: 3 })
+            Err(StatsError::UnsupportedVersion { version: 4 })
         );
 
         let mut report = sample();

@@ -1349,11 +1349,11 @@ fn idle_outdated_instances_expire_like_any_other() {
 fn reports_of_an_unknown_version_are_refused() {
     let mut sim = Sim::new(settings());
     let mut report = ActivatorReport::new("act-a", 1, 1, 1000);
-    report.version = 3;
+    report.version = 4;
     let now = sim.now();
     assert_eq!(
         sim.autoscaler.ingest(report, now),
-        Err(StatsError::UnsupportedVersion { version: 3 })
+        Err(StatsError::UnsupportedVersion { version: 4 })
     );
     let json = r#"{"version":9,"activator":"act-a","sequence":1,"intervalMs":1000}"#;
     let error = serde_json::from_str::<ActivatorReport>(json).unwrap_err();
@@ -1408,6 +1408,7 @@ fn absurd_settings_do_not_panic() {
         warm_instances: u32::MAX,
         keep_alive: std::time::Duration::MAX,
         timeout: std::time::Duration::MAX,
+        max_requests_per_instance: u32::MAX,
     };
     let d = decide(&settings, &pool, &FunctionView::default(), now);
     assert_eq!(d.desired, 0);
