@@ -40,10 +40,6 @@ pub mod settings;
     validation = Rule::new("self.metadata.name.size() <= 56 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(Message::Expression(
         "'Function name ' + self.metadata.name + ' must be at most 56 lowercase letters, digits and dashes, starting with a letter: it names a Service and prefixes instance pod names'".into()
     )),
-    // An instance could never fill more slots than it has requests to start.
-    validation = Rule::new("self.spec.maxRequestsPerInstance == 0 || self.spec.concurrency == 0 || self.spec.concurrency <= self.spec.maxRequestsPerInstance").message(Message::Expression(
-        "'concurrency ' + string(self.spec.concurrency) + ' must not be above maxRequestsPerInstance ' + string(self.spec.maxRequestsPerInstance) + ': an instance starts at most maxRequestsPerInstance requests, so it could never use more slots'".into()
-    )),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(
         name = "Ready",
@@ -73,6 +69,10 @@ pub mod settings;
     )
 )]
 #[serde(rename_all = "camelCase")]
+// An instance could never fill more slots than it has requests to start.
+#[x_kube(
+    validation = Rule::new("self.maxRequestsPerInstance == 0 || self.concurrency == 0 || self.concurrency <= self.maxRequestsPerInstance").message("concurrency must not be above maxRequestsPerInstance when both are set: an instance starts at most maxRequestsPerInstance requests, so it could never use more slots")
+)]
 pub struct FunctionSpec {
     /// Container image of the function. It must serve HTTP on `port`.
     #[schemars(length(max = 1024))]
