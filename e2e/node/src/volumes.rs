@@ -48,7 +48,10 @@ mod tests {
 
     #[test]
     fn an_empty_dir_at_tmp_becomes_the_pods_own_directory() {
-        let p = pod(serde_json::json!({"name": "scratch", "emptyDir": {}}), "/tmp");
+        let p = pod(
+            serde_json::json!({"name": "scratch", "emptyDir": {}}),
+            "/tmp",
+        );
         let c = &p.spec.as_ref().expect("spec").containers[0];
         assert_eq!(
             temp_dir(&p, c, Path::new("/state/pods/ns_p_uid")),
@@ -58,7 +61,10 @@ mod tests {
 
     #[test]
     fn other_mounts_and_volumes_give_nothing() {
-        let elsewhere = pod(serde_json::json!({"name": "scratch", "emptyDir": {}}), "/data");
+        let elsewhere = pod(
+            serde_json::json!({"name": "scratch", "emptyDir": {}}),
+            "/data",
+        );
         let c = &elsewhere.spec.as_ref().expect("spec").containers[0];
         assert_eq!(temp_dir(&elsewhere, c, Path::new("/s")), None);
         let host = pod(

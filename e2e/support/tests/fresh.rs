@@ -159,10 +159,7 @@ async fn every_request_gets_a_fresh_warm_instance_that_is_gone_soon_after() {
         })
         .await
         .unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", setup.chart.logs()));
-        let reply = setup
-            .request("once", "/?tmp=write")
-            .await
-            .expect("request");
+        let reply = setup.request("once", "/?tmp=write").await.expect("request");
         let answered = Instant::now();
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
         let instance = header(&reply, "x-instance").expect("x-instance").to_owned();
@@ -263,8 +260,7 @@ async fn max_requests_hold_under_load_through_two_activators() {
                 let mut replies = Vec::new();
                 for i in 0..15usize {
                     let addr = addrs[(client + i) % addrs.len()];
-                    let reply =
-                        http::get(addr, &host, "/?sleep=20", Duration::from_secs(60)).await;
+                    let reply = http::get(addr, &host, "/?sleep=20", Duration::from_secs(60)).await;
                     replies.push(reply.map_err(|e| format!("{e:#}")));
                 }
                 replies
@@ -296,7 +292,10 @@ async fn max_requests_hold_under_load_through_two_activators() {
             "{instance} served {numbers:?}: more than maxRequestsPerInstance 5"
         );
     }
-    assert!(served.len() >= 18, "90 requests need at least 18 instances: {served:?}");
+    assert!(
+        served.len() >= 18,
+        "90 requests need at least 18 instances: {served:?}"
+    );
     println!("90 requests on {} instances", served.len());
 }
 

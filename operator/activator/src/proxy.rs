@@ -709,7 +709,9 @@ impl Proxy {
                     entry.metrics().upstream_error("timeout");
                     return self.timed_out(&entry, &route);
                 }
-                Ok(Err(error)) if error.is_connect() && connect_failures + 1 < MAX_CONNECT_ATTEMPTS => {
+                Ok(Err(error))
+                    if error.is_connect() && connect_failures + 1 < MAX_CONNECT_ATTEMPTS =>
+                {
                     connect_failures += 1;
                     entry.metrics().upstream_error("connect");
                     lease.connect_failed();

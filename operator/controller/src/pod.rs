@@ -275,7 +275,10 @@ mod tests {
         assert_eq!(volume.name, TMP_VOLUME);
         assert!(volume.empty_dir.is_some());
         let mount = &spec.containers[0].volume_mounts.as_ref().expect("mounts")[0];
-        assert_eq!((mount.name.as_str(), mount.mount_path.as_str()), (TMP_VOLUME, "/tmp"));
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            (TMP_VOLUME, "/tmp")
+        );
         let security = spec.containers[0].security_context.as_ref().expect("sc");
         assert_eq!(security.read_only_root_filesystem, Some(true));
 

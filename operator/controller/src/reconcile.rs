@@ -28,9 +28,9 @@ use crate::{
     error::Error,
     gate,
     instance::{Instance, InstanceState, classify},
-    runtime_class,
     memory::FunctionMemory,
     pod::spec_hash,
+    runtime_class,
     service::{ServicePlan, function_service, plan_service},
     status::{Observed, Trouble, build_status},
     wallclock::{instant_at, round_to_second, wall_at},
@@ -248,9 +248,7 @@ fn plan(
     let decision = ctx.autoscaler().decide(key, &settings, &pool, now);
     let backoff = memory.backoff_remaining(now);
     let missing_runtime_class = runtime_class::missing(&function.spec, |name| {
-        ctx.runtime_classes
-            .get(&ObjectRef::new(name))
-            .is_some()
+        ctx.runtime_classes.get(&ObjectRef::new(name)).is_some()
     });
     let create = if backoff.is_some() || missing_runtime_class.is_some() {
         0

@@ -35,7 +35,11 @@ mod tests {
         let gvisor = spec("{image: hello:1, podTemplate: {runtimeClassName: gvisor}}");
         let trouble = missing(&gvisor, |_| false).expect("trouble");
         assert_eq!(trouble.reason, RUNTIME_CLASS_NOT_FOUND);
-        assert!(trouble.message.contains("\"gvisor\""), "{}", trouble.message);
+        assert!(
+            trouble.message.contains("\"gvisor\""),
+            "{}",
+            trouble.message
+        );
         assert_eq!(missing(&gvisor, |name| name == "gvisor"), None);
         assert_eq!(missing(&spec("{image: hello:1}"), |_| false), None);
     }

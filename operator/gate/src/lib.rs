@@ -24,8 +24,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 pub use limiter::{Limiter, Refused, Slot};
-pub use proxy::{EXHAUSTED, THAW_GATE};
 pub use ports::GatePorts;
+pub use proxy::{EXHAUSTED, THAW_GATE};
 pub use state::{GATE_STATE_PATH, GateState};
 pub use upstream::Upstream;
 

@@ -273,7 +273,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn admits_at_most_max_requests_then_refuses_at_once() {
-        let limiter = Arc::new(Limiter::with_max_requests(2, 5, 1000, Duration::from_secs(10)));
+        let limiter = Arc::new(Limiter::with_max_requests(
+            2,
+            5,
+            1000,
+            Duration::from_secs(10),
+        ));
         let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let tasks: Vec<_> = (0..40)
             .map(|_| {
@@ -314,7 +319,10 @@ mod tests {
             tokio::spawn(async move { limiter.admit().await.err() })
         };
         tokio::task::yield_now().await;
-        assert!(limiter.state().exhausted, "two admitted: one running, one held");
+        assert!(
+            limiter.state().exhausted,
+            "two admitted: one running, one held"
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(held.await.expect("task"), Some(Refused::Timeout));
         assert!(!limiter.state().exhausted, "the held one never ran");

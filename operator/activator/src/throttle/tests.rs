@@ -593,5 +593,8 @@ fn without_max_requests_nothing_is_ever_spent() {
     }
     assert!(!s.take_spent_news());
     let report = s.report("ns", "fn", Duration::from_secs(1), now);
-    assert_eq!((report.instances[0].started, report.instances[0].exhausted), (50, false));
+    assert_eq!(
+        (report.instances[0].started, report.instances[0].exhausted),
+        (50, false)
+    );
 }
