@@ -350,7 +350,7 @@ async fn a_missing_runtime_class_is_named_until_it_exists() {
     let outcome = async {
         let pod = wait_until("an instance with the RuntimeClass", WAIT, || async {
             let pods = instance_pods(&setup.ns, "sandboxed").await?;
-            Ok(pods.into_iter().find(|p| is_ready(p)))
+            Ok(pods.into_iter().find(is_ready))
         })
         .await?;
         let named = pod.spec.and_then(|s| s.runtime_class_name);
