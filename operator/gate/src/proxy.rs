@@ -167,6 +167,10 @@ impl Proxy {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // Only the gate's own refusals say `thaw-gate`: a function
+                // answering `thaw-gate: exhausted` must not make the
+                // activator run its request again elsewhere.
+                parts.headers.remove(THAW_GATE);
                 if !waited.is_zero()
                     && let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
                 {
