@@ -43,3 +43,28 @@ pub fn spec_hash(spec: &FunctionSpec) -> String {
     let digest = Sha256::digest(pod_fields.to_string().as_bytes());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> FunctionSpec {
+        serde_yaml::from_str(yaml).expect("spec")
+    }
+
+    #[test]
+    fn max_requests_rolls_instances_only_when_set() {
+        let plain = spec_hash(&spec("{image: hello:1}"));
+        assert_eq!(
+            plain,
+            spec_hash(&spec("{image: hello:1, maxRequestsPerInstance: 0}")),
+            "unset and 0 are the same spec: no roll on upgrade"
+        );
+        let once = spec_hash(&spec("{image: hello:1, maxRequestsPerInstance: 1}"));
+        assert_ne!(plain, once);
+        assert_ne!(
+            once,
+            spec_hash(&spec("{image: hello:1, maxRequestsPerInstance: 2}"))
+        );
+    }
+}
