@@ -190,15 +190,8 @@ async fn prepare(pe: &PodEnv, c: &Container) -> Result<Prepared, PrepareError> {
     };
     let mut env =
         build_env(c, &facts, &entry.env, &ctx.host_path, &refs).map_err(PrepareError::Config)?;
-    // An emptyDir at /tmp: the pod's own directory, as TMPDIR (unless the
-    // container sets TMPDIR itself).
-    if env.get("TMPDIR").is_none()
-        && let Some(dir) = crate::volumes::temp_dir(&pe.pod, c, &pe.log_dir)
-    {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| PrepareError::Create(format!("creating {}: {e}", dir.display())))?;
-        env.set("TMPDIR", dir.display().to_string());
-    }
+    crate::volumes::give_temp_dir(&pe.pod, c, &pe.log_dir, &mut env)
+        .map_err(PrepareError::Create)?;
     let lookup = |n: &str| env.get(n).map(str::to_string);
     let command: Vec<String> = c
         .command

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::env::EnvList;
+
 /// The directory of `pod`'s emptyDir volumes under its state directory.
 pub fn volumes_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("volumes")
@@ -29,6 +31,25 @@ pub fn temp_dir(pod: &Pod, c: &Container, pod_dir: &Path) -> Option<PathBuf> {
         .find(|v| v.name == mount.name)?;
     volume.empty_dir.as_ref()?;
     Some(volumes_dir(pod_dir).join(&volume.name))
+}
+
+/// Creates `c`'s [`temp_dir`], if it has one, and sets `TMPDIR` to it in
+/// `env`, unless the container sets `TMPDIR` itself.
+pub fn give_temp_dir(
+    pod: &Pod,
+    c: &Container,
+    pod_dir: &Path,
+    env: &mut EnvList,
+) -> Result<(), String> {
+    if env.get("TMPDIR").is_some() {
+        return Ok(());
+    }
+    let Some(dir) = temp_dir(pod, c, pod_dir) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    env.set("TMPDIR", dir.display().to_string());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -57,6 +78,27 @@ mod tests {
             temp_dir(&p, c, Path::new("/state/pods/ns_p_uid")),
             Some(PathBuf::from("/state/pods/ns_p_uid/volumes/scratch"))
         );
+    }
+
+    #[test]
+    fn the_directory_is_made_and_given_as_tmpdir_unless_the_container_sets_one() {
+        let p = pod(
+            serde_json::json!({"name": "scratch", "emptyDir": {}}),
+            "/tmp",
+        );
+        let c = &p.spec.as_ref().expect("spec").containers[0];
+        let pod_dir =
+            std::env::temp_dir().join(format!("thaw-node-volumes-{}", std::process::id()));
+        let mut env = EnvList::default();
+        give_temp_dir(&p, c, &pod_dir, &mut env).expect("temp dir");
+        let dir = pod_dir.join("volumes/scratch");
+        assert_eq!(env.get("TMPDIR"), Some(dir.display().to_string().as_str()));
+        assert!(dir.is_dir());
+        let mut own = EnvList::default();
+        own.set("TMPDIR", "/mine".into());
+        give_temp_dir(&p, c, &pod_dir, &mut own).expect("temp dir");
+        assert_eq!(own.get("TMPDIR"), Some("/mine"));
+        std::fs::remove_dir_all(&pod_dir).expect("cleanup");
     }
 
     #[test]
