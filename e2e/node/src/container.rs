@@ -188,8 +188,10 @@ async fn prepare(pe: &PodEnv, c: &Container) -> Result<Prepared, PrepareError> {
         pod_ip: Some(pe.pod_ip.to_string()),
         host_ip: ctx.net.gateway.to_string(),
     };
-    let env =
+    let mut env =
         build_env(c, &facts, &entry.env, &ctx.host_path, &refs).map_err(PrepareError::Config)?;
+    crate::volumes::give_temp_dir(&pe.pod, c, &pe.log_dir, &mut env)
+        .map_err(PrepareError::Create)?;
     let lookup = |n: &str| env.get(n).map(str::to_string);
     let command: Vec<String> = c
         .command

@@ -15,6 +15,7 @@ mod pod;
 mod probe;
 mod process;
 mod status;
+mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

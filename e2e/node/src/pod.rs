@@ -229,6 +229,13 @@ impl Worker {
 
     /// Kills what is left in the pod's namespace, removes it, frees the IP.
     async fn teardown(&self) {
+        // The pod's emptyDir volumes go with it (its logs stay).
+        let volumes = crate::volumes::volumes_dir(&log_dir(&self.ctx, &self.latest));
+        if let Err(error) = std::fs::remove_dir_all(&volumes)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(%error, dir = %volumes.display(), "removing the pod's volumes");
+        }
         if !self.host_network {
             self.ctx.net.destroy_sandbox(&self.uid).await;
         }

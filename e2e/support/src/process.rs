@@ -46,8 +46,7 @@ fn spawn_thaw(
         .arg(subcommand)
         .arg("--kubeconfig")
         .arg(kubeconfig)
-        .args(args)
-        .args(gate_image_override(subcommand, args))
+        .args(with_gate_image_override(subcommand, args))
         .env("RUST_LOG", format!("info,{crate_name}=debug"))
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -58,14 +57,23 @@ fn spawn_thaw(
 }
 
 /// `THAW_E2E_GATE_IMAGE`, when set, is the gate image of operators that do
-/// not name one: the process node then runs the gate of another build (a
-/// second worktree's `thaw`, mapped in e2e/images.toml by an absolute path).
-fn gate_image_override(subcommand: &str, args: &[String]) -> Vec<String> {
+/// not name one with `--gate-image <image>`: the process node then runs the
+/// gate of another build (a second worktree's `thaw`, mapped in
+/// e2e/images.toml by an absolute path). The chart's `--gate-image=<image>`
+/// (thaw's released image, which maps to the main tree's binary) is
+/// replaced, so chart-started operators run that build's gate too.
+fn with_gate_image_override(subcommand: &str, args: &[String]) -> Vec<String> {
     match std::env::var("THAW_E2E_GATE_IMAGE") {
         Ok(image) if subcommand == "operator" && !args.iter().any(|a| a == "--gate-image") => {
-            vec!["--gate-image".to_owned(), image]
+            let mut args: Vec<String> = args
+                .iter()
+                .filter(|a| !a.starts_with("--gate-image="))
+                .cloned()
+                .collect();
+            args.extend(["--gate-image".to_owned(), image]);
+            args
         }
-        _ => Vec::new(),
+        _ => args.to_vec(),
     }
 }
 

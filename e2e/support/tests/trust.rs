@@ -94,7 +94,7 @@ impl Setup {
         let report = json!({
             // thaw_core::REPORT_VERSION: a well-formed report, so only its
             // credentials can be what refuses it.
-            "version": 2,
+            "version": 3,
             "activator": activator,
             "epoch": 1,
             "sequence": u64::MAX,

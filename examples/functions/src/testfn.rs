@@ -8,7 +8,10 @@
 //! * anything else → a counted request, shaped by query knobs ([`Knobs`]):
 //!   `sleep=<ms>`, `bloat=<MiB>`, `prime=<n>`, `status=<code>`, `echo=<bool>`.
 //!   The answer is JSON [`Reply`] or, when echoing, the streamed request body.
-//!   Every counted response carries `X-Instance` and `X-In-Flight` headers.
+//!   `tmp=write` writes a marker file in the temp dir and answers
+//!   `X-Tmp-Marker: found` if one was there already (`fresh` if not).
+//!   Every counted response carries `X-Instance`, `X-In-Flight` and
+//!   `X-Served` (this request's number on the instance) headers.
 //!   Malformed knobs → `400` with a one-line message (not counted).
 //!
 //! `MAX_CONCURRENCY` (unset or 0: unlimited) defines an overlap: a request
@@ -36,6 +39,14 @@ use crate::hello::header_value;
 pub const X_INSTANCE: HeaderName = HeaderName::from_static("x-instance");
 /// Header with the in-flight count when the request started (including it).
 pub const X_IN_FLIGHT: HeaderName = HeaderName::from_static("x-in-flight");
+/// Header with this request's number among the instance's counted requests
+/// (1 for its first).
+pub const X_SERVED: HeaderName = HeaderName::from_static("x-served");
+/// Header answering `tmp=write`: `found` when the marker was already in the
+/// temp dir (a request ran here before), `fresh` when not.
+pub const X_TMP_MARKER: HeaderName = HeaderName::from_static("x-tmp-marker");
+/// The marker file `tmp=write` writes in the temp dir.
+pub const TMP_MARKER: &str = "thaw-testfn-marker";
 
 /// Largest accepted `sleep` (10 minutes).
 pub const MAX_SLEEP_MS: u64 = 600_000;
@@ -58,6 +69,8 @@ pub struct Knobs {
     /// `echo=1|0|true|false` (bare `echo` means true): stream the request
     /// body back. When absent, POST requests echo and others do not.
     pub echo: Option<bool>,
+    /// `tmp=write`: write the marker file in the temp dir.
+    pub tmp_write: bool,
 }
 
 /// Parses a query string into [`Knobs`]. Unknown keys are ignored; a repeated
@@ -79,6 +92,8 @@ pub fn parse_query(query: Option<&str>) -> Result<Knobs, String> {
                     .map(Some)
                     .ok_or_else(|| format!("status must be in 200..=599, got {value:?}"))?;
             }
+            "tmp" if value == "write" => knobs.tmp_write = true,
+            "tmp" => return Err(format!("tmp must be write, got {value:?}")),
             "echo" => {
                 knobs.echo = Some(match value {
                     "" | "1" | "true" => true,
@@ -187,6 +202,8 @@ pub struct State {
 pub struct InFlight {
     state: Arc<State>,
     at_start: u64,
+    /// This request's number on the instance.
+    number: u64,
 }
 
 impl InFlight {
@@ -218,7 +235,7 @@ impl State {
 
     /// Counts a request as started.
     pub fn enter(self: &Arc<Self>) -> InFlight {
-        self.requests.fetch_add(1, Ordering::AcqRel);
+        let number = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.max_in_flight.fetch_max(now, Ordering::AcqRel);
         if self.max_concurrency > 0 && now > self.max_concurrency {
@@ -227,6 +244,7 @@ impl State {
         InFlight {
             state: Arc::clone(self),
             at_start: now,
+            number,
         }
     }
 
@@ -283,6 +301,17 @@ impl State {
             None => None,
         };
         let status = knobs.status.unwrap_or(StatusCode::OK);
+        let marker = if knobs.tmp_write {
+            match tokio::task::spawn_blocking(write_marker).await {
+                Ok(Ok(found)) => Some(if found { "found" } else { "fresh" }),
+                _ => {
+                    let msg = "cannot write the marker in the temp dir\n";
+                    return Ok(self.tag(text(StatusCode::INTERNAL_SERVER_ERROR, msg), &guard));
+                }
+            }
+        } else {
+            None
+        };
 
         if knobs.echo.unwrap_or(req.method() == Method::POST) {
             let content_type = req.headers().get(CONTENT_TYPE).cloned();
@@ -310,7 +339,11 @@ impl State {
             primes,
             bloat_mib: memory.as_ref().map(|_| knobs.bloat_mib),
         };
-        let resp = self.tag(json(status, &reply), &guard);
+        let mut resp = self.tag(json(status, &reply), &guard);
+        if let Some(marker) = marker {
+            resp.headers_mut()
+                .insert(X_TMP_MARKER, HeaderValue::from_static(marker));
+        }
         drop(memory);
         drop(guard);
         Ok(resp)
@@ -320,8 +353,17 @@ impl State {
         let headers = resp.headers_mut();
         headers.insert(X_INSTANCE, self.instance_header.clone());
         headers.insert(X_IN_FLIGHT, HeaderValue::from(guard.at_start()));
+        headers.insert(X_SERVED, HeaderValue::from(guard.number));
         resp
     }
+}
+
+/// Writes [`TMP_MARKER`] in the temp dir; whether it was there already.
+fn write_marker() -> std::io::Result<bool> {
+    let path = std::env::temp_dir().join(TMP_MARKER);
+    let found = path.exists();
+    std::fs::write(&path, b"a request ran here\n")?;
+    Ok(found)
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
@@ -410,8 +452,11 @@ mod tests {
                 prime: Some(100),
                 status: Some(StatusCode::SERVICE_UNAVAILABLE),
                 echo: Some(true),
+                tmp_write: false,
             }
         );
+        assert!(parse_query(Some("tmp=write")).unwrap().tmp_write);
+        assert!(parse_query(Some("tmp=read")).is_err());
         assert_eq!(parse_query(None).unwrap(), Knobs::default());
         assert_eq!(parse_query(Some("")).unwrap(), Knobs::default());
         assert_eq!(parse_query(Some("&&sleep=1&")).unwrap().sleep_ms, 1);

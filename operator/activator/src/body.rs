@@ -69,6 +69,9 @@ pub type GiveBack = Arc<Mutex<Option<Incoming>>>;
 /// A client's request body on its way to an instance.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    /// A body read in full beforehand (to be sent again elsewhere, see
+    /// [`crate::fresh`]): sent as one frame.
+    buffered: Option<Bytes>,
     /// Bytes passed on so far.
     seen: u64,
     limit: u64,
@@ -85,6 +88,7 @@ impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, idle: Duration, give_back: Option<GiveBack>) -> Self {
         Self {
             inner: Some(inner),
+            buffered: None,
             seen: 0,
             limit,
             idle,
@@ -94,10 +98,18 @@ impl RequestBody {
         }
     }
 
+    /// A body already read in full.
+    pub fn buffered(bytes: Bytes) -> Self {
+        let mut body = Self::empty();
+        body.buffered = (!bytes.is_empty()).then_some(bytes);
+        body
+    }
+
     /// An empty body (for a request without one).
     pub fn empty() -> Self {
         Self {
             inner: None,
+            buffered: None,
             seen: 0,
             limit: 0,
             idle: Duration::ZERO,
@@ -117,6 +129,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
+        if let Some(bytes) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -160,10 +175,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(bytes) = &self.buffered {
+            return SizeHint::with_exact(bytes.len() as u64);
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod body;
 pub mod conn;
+pub mod fresh;
 pub mod headers;
 pub mod metrics;
 pub mod overload;

@@ -43,7 +43,7 @@ use tracing::{debug, warn};
 
 use crate::{
     body::{GiveBack, RequestBody, RequestBodyError, ResponseBody, request_body_error},
-    conn,
+    conn, fresh,
     headers::{THAW_COLD_START, forward_request, forward_response},
     metrics::Metrics,
     overload::ConnectionLimit,
@@ -449,6 +449,42 @@ impl Proxy {
         forward_request(&mut parts.headers, peer, host.as_deref());
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
+        let max_requests = entry.config().map_or(0, |c| c.max_requests);
+        // maxRequestsPerInstance: the body is kept, so a request an
+        // exhausted instance refuses can be sent elsewhere (crate::fresh).
+        if max_requests > 0
+            && !body.is_end_stream()
+            && fresh::plan(content_length_of(&parts.headers)) == fresh::Plan::Buffer
+        {
+            return match fresh::buffer(body, deadline).await {
+                Ok(bytes) => {
+                    parts.headers.remove(http::header::TRANSFER_ENCODING);
+                    if let Ok(value) = HeaderValue::from_str(&bytes.len().to_string()) {
+                        parts.headers.insert(CONTENT_LENGTH, value);
+                    }
+                    self.forward_buffered(
+                        entry, route, parts, path, bytes, lease, waited, arrival, deadline,
+                    )
+                    .await
+                }
+                Err(error) => buffer_failed(&entry, &route, &error),
+            };
+        }
+        if max_requests > 0 && body.is_end_stream() {
+            return self
+                .forward_buffered(
+                    entry,
+                    route,
+                    parts,
+                    path,
+                    bytes::Bytes::new(),
+                    lease,
+                    waited,
+                    arrival,
+                    deadline,
+                )
+                .await;
+        }
         let replayable = body.is_end_stream();
         let give_back: Option<GiveBack> = (!replayable).then(|| Arc::new(Mutex::new(None)));
         let mut body = Some(body);
@@ -483,6 +519,24 @@ impl Proxy {
             )
             .await;
             match result {
+                Ok(Ok(response)) if fresh::is_exhausted(response.status(), response.headers()) => {
+                    // Streamed (not replayable): the instance refused it
+                    // before reading it, but the body cannot be sent again.
+                    lease.exhausted();
+                    entry.metrics().upstream_error("exhausted");
+                    let mut answer = answer(
+                        &entry,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({
+                            "error": "the instance had served its maxRequestsPerInstance and the streamed body cannot be sent again; retry",
+                            "function": route.function(),
+                        }),
+                    );
+                    answer
+                        .headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                    return answer;
+                }
                 Ok(Ok(response)) => {
                     entry
                         .metrics()
@@ -595,6 +649,102 @@ impl Proxy {
         }
     }
 
+    /// [`Self::forward`] for a body read in full (or none), with
+    /// maxRequestsPerInstance: an exhausted instance's refusal sends the
+    /// request to another instance, as often as it takes until the deadline.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_buffered(
+        &self,
+        entry: Arc<Entry>,
+        route: Route,
+        parts: http::request::Parts,
+        path: PathAndQuery,
+        bytes: bytes::Bytes,
+        mut lease: Lease,
+        mut waited: Option<Duration>,
+        arrival: Instant,
+        deadline: Instant,
+    ) -> Answer {
+        let mut connect_failures = 0;
+        loop {
+            let mut upstream = parts.clone();
+            upstream.uri = match upstream_uri(lease.authority(), &path) {
+                Ok(uri) => uri,
+                Err(error) => {
+                    return answer(
+                        &entry,
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("cannot forward this path: {error}")}),
+                    );
+                }
+            };
+            let sent = Instant::now();
+            let request = Request::from_parts(upstream, RequestBody::buffered(bytes.clone()));
+            let result = timeout_at(deadline, self.client.request(request)).await;
+            match result {
+                Ok(Ok(response)) if fresh::is_exhausted(response.status(), response.headers()) => {
+                    debug!(function = %route, pod = lease.pod(), "instance exhausted; placing the request again");
+                    lease.exhausted();
+                }
+                Ok(Ok(response)) => {
+                    entry
+                        .metrics()
+                        .proxy_latency
+                        .observe(sent.elapsed().as_secs_f64());
+                    let (mut head, body) = response.into_parts();
+                    forward_response(&mut head.headers);
+                    if let Some(waited) = waited
+                        && let Ok(value) =
+                            HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
+                    {
+                        head.headers.insert(THAW_COLD_START, value);
+                    }
+                    entry.metrics().response(head.status);
+                    return Response::from_parts(
+                        head,
+                        ResponseBody::upstream(body, lease, deadline),
+                    );
+                }
+                Err(_elapsed) => {
+                    entry.metrics().upstream_error("timeout");
+                    return self.timed_out(&entry, &route);
+                }
+                Ok(Err(error))
+                    if error.is_connect() && connect_failures + 1 < MAX_CONNECT_ATTEMPTS =>
+                {
+                    connect_failures += 1;
+                    entry.metrics().upstream_error("connect");
+                    lease.connect_failed();
+                }
+                Ok(Err(error)) => {
+                    entry.metrics().upstream_error("other");
+                    return answer(
+                        &entry,
+                        StatusCode::BAD_GATEWAY,
+                        json!({
+                            "error": format!("the instance failed: {}", ErrorChain(&error)),
+                            "function": route.function(),
+                        }),
+                    );
+                }
+            }
+            let (admission, timing) = entry.readmit();
+            let wait_until = (Instant::now() + timing.max_wait).min(deadline);
+            match self
+                .acquire(&entry, admission, arrival, wait_until, deadline, &route)
+                .await
+            {
+                Ok((next, more)) => {
+                    lease = next;
+                    if more.is_some() {
+                        waited = Some(arrival.elapsed());
+                    }
+                }
+                Err(answer) => return answer,
+            }
+        }
+    }
+
     fn timed_out(&self, entry: &Arc<Entry>, route: &Route) -> Answer {
         let timeout = entry.config().map(|c| c.timeout).unwrap_or_default();
         answer(
@@ -620,6 +770,34 @@ impl Proxy {
         self.metrics.unrouted(status);
         json_response(status, &body)
     }
+}
+
+/// The answer when a body to be kept for maxRequestsPerInstance could not be
+/// read in full.
+fn buffer_failed(entry: &Entry, route: &Route, error: &fresh::BufferError) -> Answer {
+    let (status, message) = match error {
+        fresh::BufferError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "with maxRequestsPerInstance, a request body without Content-Length may be at most {} bytes (send Content-Length to stream a larger one)",
+                fresh::REPLAY_LIMIT
+            ),
+        ),
+        fresh::BufferError::Stalled => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time".to_owned(),
+        ),
+        fresh::BufferError::Client(why) => (
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body failed: {why}"),
+        ),
+    };
+    entry.metrics().upstream_error("body");
+    answer(
+        entry,
+        status,
+        json!({"error": message, "function": route.function()}),
+    )
 }
 
 /// An answer counted for `entry`.
@@ -659,7 +837,11 @@ fn host_of(req: &Request<Incoming>) -> Result<Option<String>, String> {
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers()
+    content_length_of(req.headers())
+}
+
+fn content_length_of(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(CONTENT_LENGTH)?
         .to_str()
         .ok()?

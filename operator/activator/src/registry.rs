@@ -260,6 +260,11 @@ impl Entry {
     fn with<T>(&self, f: impl FnOnce(&mut FunctionState) -> T) -> T {
         let mut state = self.lock();
         let result = f(&mut state);
+        // An instance used up (maxRequestsPerInstance): its replacement
+        // should start now, not at the next report.
+        if state.take_spent_news() {
+            self.shared.poke.notify_one();
+        }
         self.metrics.in_flight.set(i64::from(state.in_flight()));
         self.metrics
             .queue_depth
@@ -398,6 +403,14 @@ impl Lease {
 
     pub fn entry(&self) -> &Arc<Entry> {
         &self.entry
+    }
+
+    /// The instance's gate refused the request as exhausted: nothing more
+    /// goes to it, and the slot is given back.
+    pub fn exhausted(self) {
+        let entry = self.entry.clone();
+        entry.with(|s| s.exhausted(self.slot.instance));
+        drop(self);
     }
 
     /// Connecting to the instance failed before anything was sent: it is

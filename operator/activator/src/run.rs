@@ -254,6 +254,7 @@ fn serve_static(registry: &Registry, functions: &[StaticFunction]) {
                 max_wait: Duration::from_secs(30),
                 timeout: Duration::from_secs(30),
                 port: function.addr.port(),
+                max_requests: 0,
             }),
         );
         registry.upsert_pod(

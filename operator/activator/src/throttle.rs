@@ -44,6 +44,8 @@ pub struct FunctionConfig {
     pub timeout: Duration,
     /// `spec.port`, for pods that do not say their own.
     pub port: u16,
+    /// `spec.maxRequestsPerInstance`; 0 = unlimited.
+    pub max_requests: u32,
 }
 
 /// What the activator needs of an instance pod.
@@ -93,6 +95,10 @@ pub struct Instance {
     idle_since: Option<Instant>,
     /// The address as a URI authority, made once.
     authority: Option<(SocketAddr, Authority)>,
+    /// Requests this activator placed on it.
+    started: u64,
+    /// Its gate refused a request as exhausted: it takes no more, ever.
+    exhausted: bool,
 }
 
 impl Instance {
@@ -110,12 +116,28 @@ impl Instance {
     }
 
     fn placeable(&self, config: &FunctionConfig) -> bool {
+        self.serving(config) && !self.spent(config)
+    }
+
+    /// Ready, not retired, owned: it serves what was placed on it (a slot
+    /// handed to a waiter stays good even if it was the instance's last).
+    fn serving(&self, config: &FunctionConfig) -> bool {
         self.ready
             && !self.kubelet_unready
             && !self.retired()
             && self.pod.ip.is_some()
             && self.pod.hash.is_some()
             && self.pod.owner_uid.as_deref() == Some(config.uid.as_str())
+    }
+
+    /// Has started `maxRequestsPerInstance` requests, as far as this
+    /// activator knows (its own placements, or the gate's refusal).
+    fn spent(&self, config: &FunctionConfig) -> bool {
+        self.spent_at(config.max_requests)
+    }
+
+    fn spent_at(&self, max_requests: u32) -> bool {
+        self.exhausted || (max_requests > 0 && self.started >= u64::from(max_requests))
     }
 
     fn current(&self, config: &FunctionConfig) -> bool {
@@ -211,6 +233,9 @@ pub struct FunctionState {
     area_since: Instant,
     /// Requests received since the last report.
     requests: u64,
+    /// An instance became spent (maxRequestsPerInstance) since the last
+    /// [`FunctionState::take_spent_news`]: the autoscaler should hear it now.
+    spent_news: bool,
 }
 
 impl FunctionState {
@@ -227,6 +252,7 @@ impl FunctionState {
             area: 0.0,
             area_since: now,
             requests: 0,
+            spent_news: false,
         }
     }
 
@@ -321,6 +347,8 @@ impl FunctionState {
                     in_flight: 0,
                     idle_since: None,
                     authority: None,
+                    started: 0,
+                    exhausted: false,
                 });
                 self.instances.len() - 1
             }
@@ -433,7 +461,7 @@ impl FunctionState {
         if let Some(position) = self.assigned.iter().position(|(w, _)| *w == id) {
             let (_, slot) = self.assigned.swap_remove(position);
             let still_placeable = match (&self.config, self.instance(slot.instance)) {
-                (Some(config), Some(instance)) => instance.placeable(config),
+                (Some(config), Some(instance)) => instance.serving(config),
                 _ => false,
             };
             if still_placeable {
@@ -490,6 +518,22 @@ impl FunctionState {
             instance.probing = true;
             instance.id
         })
+    }
+
+    /// The instance's gate refused a request as exhausted: it takes nothing
+    /// new, and the autoscaler hears it at once.
+    pub fn exhausted(&mut self, instance: InstanceId) {
+        if let Some(instance) = self.instance_mut(instance)
+            && !instance.exhausted
+        {
+            instance.exhausted = true;
+            self.spent_news = true;
+        }
+    }
+
+    /// Whether an instance became spent since the last call.
+    pub fn take_spent_news(&mut self) -> bool {
+        std::mem::take(&mut self.spent_news)
     }
 
     /// What the prober of `instance` should probe; `None` tells it to stop
@@ -557,6 +601,8 @@ impl FunctionState {
                         .unwrap_or(u64::MAX)
                 }),
                 draining: i.gone || i.pod.draining || i.pod.terminating,
+                started: i.started,
+                exhausted: self.config.as_ref().is_some_and(|c| i.spent(c)),
             })
             .collect();
         report
@@ -589,9 +635,14 @@ impl FunctionState {
 
     fn occupy(&mut self, index: usize) -> Slot {
         let default_port = self.config.as_ref().map(|c| c.port).unwrap_or(8080);
+        let max_requests = self.config.as_ref().map_or(0, |c| c.max_requests);
         let instance = &mut self.instances[index];
         instance.in_flight += 1;
+        instance.started += 1;
         self.in_flight += 1;
+        if max_requests > 0 && instance.started == u64::from(max_requests) {
+            self.spent_news = true;
+        }
         // Placeable instances have an address.
         let addr = instance
             .addr(default_port)
@@ -615,12 +666,17 @@ impl FunctionState {
 
     fn free(&mut self, id: InstanceId, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let max_requests = self.config.as_ref().map_or(0, |c| c.max_requests);
+        let mut spent_idle = false;
         if let Some(instance) = self.instance_mut(id) {
             instance.in_flight = instance.in_flight.saturating_sub(1);
             if instance.in_flight == 0 {
                 instance.idle_since = Some(now);
+                spent_idle = instance.spent_at(max_requests);
             }
         }
+        // A used-up instance just went idle: it can go now.
+        self.spent_news |= spent_idle;
         self.instances.retain(|i| !(i.gone && i.in_flight == 0));
     }
 

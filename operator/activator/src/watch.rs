@@ -56,6 +56,7 @@ pub fn function_config(function: &Function) -> Option<FunctionConfig> {
         max_wait: spec.max_wait(),
         timeout: spec.timeout(),
         port: spec.port(),
+        max_requests: spec.max_requests_per_instance(),
     })
 }
 

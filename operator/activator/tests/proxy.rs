@@ -129,6 +129,7 @@ fn config(concurrency: u32) -> FunctionConfig {
         max_wait: Duration::from_secs(5),
         timeout: Duration::from_secs(5),
         port: 8080,
+        max_requests: 0,
     }
 }
 

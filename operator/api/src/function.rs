@@ -69,6 +69,10 @@ pub mod settings;
     )
 )]
 #[serde(rename_all = "camelCase")]
+// An instance could never fill more slots than it has requests to start.
+#[x_kube(
+    validation = Rule::new("self.maxRequestsPerInstance == 0 || self.concurrency == 0 || self.concurrency <= self.maxRequestsPerInstance").message("concurrency must not be above maxRequestsPerInstance when both are set: an instance starts at most maxRequestsPerInstance requests, so it could never use more slots")
+)]
 pub struct FunctionSpec {
     /// Container image of the function. It must serve HTTP on `port`.
     #[schemars(length(max = 1024))]
@@ -126,6 +130,15 @@ pub struct FunctionSpec {
     #[serde(default = "default_concurrency")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("concurrency must be between 0 (unlimited) and 1000"))]
     pub concurrency: i32,
+
+    /// Most requests one instance ever starts; the instance that started this
+    /// many gets no more, and is drained and destroyed once they finish (a
+    /// replacement starts at once). 1 (with `concurrency: 1`) runs every
+    /// request in an instance no request ran in before. 0 (the default) is
+    /// unlimited. A request counts when the instance's gate admits it.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000000").message("maxRequestsPerInstance must be between 0 (unlimited) and 1000000"))]
+    pub max_requests_per_instance: i32,
 
     /// Longest time one request may take, from the moment the activator
     /// receives it; a request past it gets 504.
@@ -207,6 +220,17 @@ pub struct PodTemplate {
     /// Taints the instance pods tolerate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
+
+    /// RuntimeClass of every instance pod (Kata Containers, gVisor or a
+    /// Firecracker-backed runtime, where the cluster offers one). A
+    /// RuntimeClass that does not exist makes the Function `Ready=False`
+    /// naming it, and no instance is created until it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message(Message::Expression(
+        "'podTemplate.runtimeClassName must be a DNS subdomain name such as gvisor, not \"' + self + '\"'".into()
+    )))]
+    pub runtime_class_name: Option<String>,
 
     /// Pod-level security context, merged field by field over thaw's
     /// restrictive default (runAsNonRoot, RuntimeDefault seccomp).

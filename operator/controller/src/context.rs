@@ -6,7 +6,10 @@ use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    node::v1::RuntimeClass,
+};
 use kube::{Client, runtime::events::Recorder, runtime::reflector::Store};
 use thaw_core::{Autoscaler, Clock, FunctionKey};
 
@@ -39,6 +42,8 @@ pub struct Context {
     pub pod_index: Arc<PodIndex>,
     /// Every Function Service (label `thaw.dev/function`), from a watch.
     pub services: Store<Service>,
+    /// Every RuntimeClass (cluster-scoped), from a watch while leading.
+    pub runtime_classes: Store<RuntimeClass>,
     /// Activator stats, merged; the HTTP endpoint feeds it.
     pub autoscaler: Arc<Mutex<Autoscaler>>,
     pub memory: Mutex<HashMap<FunctionKey, FunctionMemory>>,

@@ -72,6 +72,17 @@ pub fn may_reap(answer: &Answer, keep_alive: Duration) -> Verdict {
     }
 }
 
+/// May an instance that served its maxRequestsPerInstance be drained? Only
+/// once its gate holds nothing (it may have admitted a request no activator
+/// has reported yet); its idle time does not matter.
+pub fn may_retire(answer: &Answer) -> Verdict {
+    match answer {
+        Answer::NoGate => Verdict::Go,
+        Answer::State(state) if state.is_idle() => Verdict::Go,
+        Answer::State(_) | Answer::Unreachable(_) => Verdict::Wait(BUSY_RECHECK),
+    }
+}
+
 /// May a draining instance be deleted? Only once its gate holds nothing.
 /// `timed_out`: it has drained past the request timeout plus margin, so an
 /// unreachable gate no longer blocks (nothing placed before the drain can
@@ -204,6 +215,7 @@ pub async fn vet<'a>(gates: &GateClient, pods: &[Arc<Pod>], decision: &'a Decisi
     for (action, answer) in drains {
         let verdict = match &action.reason {
             Reason::KeepAlive { keep_alive, .. } => may_reap(&answer, *keep_alive),
+            Reason::Exhausted { .. } => may_retire(&answer),
             _ => Verdict::Go,
         };
         if let Answer::Unreachable(why) = &answer {
@@ -267,5 +279,20 @@ mod tests {
         let unreachable = Answer::Unreachable("refused".into());
         assert_eq!(may_delete(&unreachable, false), Verdict::Wait(BUSY_RECHECK));
         assert_eq!(may_delete(&unreachable, true), Verdict::Go);
+    }
+
+    #[test]
+    fn a_spent_instance_is_retired_once_its_gate_is_empty_whatever_its_idle_time() {
+        assert_eq!(may_retire(&state(0, 0, Some(1))), Verdict::Go);
+        assert_eq!(may_retire(&state(1, 0, None)), Verdict::Wait(BUSY_RECHECK));
+        assert_eq!(
+            may_retire(&state(0, 1, Some(5))),
+            Verdict::Wait(BUSY_RECHECK),
+            "a held request counts"
+        );
+        assert_eq!(
+            may_retire(&Answer::Unreachable("x".into())),
+            Verdict::Wait(BUSY_RECHECK)
+        );
     }
 }

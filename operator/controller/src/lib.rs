@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod pod;
 pub mod pod_index;
 pub mod reconcile;
+pub mod runtime_class;
 pub mod security;
 pub mod service;
 pub mod status;

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod,
-        PodSpec, Probe, ResourceRequirements, SecurityContext, TCPSocketAction,
+        Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+        ObjectFieldSelector, Pod, PodSpec, Probe, ResourceRequirements, SecurityContext,
+        TCPSocketAction, Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -25,6 +26,13 @@ use crate::security::{container_security_context, pod_security_context};
 /// Seconds a pod gets after SIGTERM on top of the request timeout, so a
 /// request admitted just before deletion can still finish.
 const SHUTDOWN_MARGIN_SECONDS: i64 = 5;
+
+/// The instance's own scratch volume, mounted at [`TMP_PATH`] in the
+/// function's container: the root filesystem is read-only, and an emptyDir
+/// lives and dies with its pod, so every instance starts with a clean /tmp.
+pub const TMP_VOLUME: &str = "thaw-tmp";
+/// Where [`TMP_VOLUME`] is mounted.
+pub const TMP_PATH: &str = "/tmp";
 
 /// The labels that select a Function's instance pods.
 pub fn selector_labels(function_name: &str) -> BTreeMap<String, String> {
@@ -79,6 +87,12 @@ pub fn instance_pod(function: &Function, pod_name: &str, gate_image: &str) -> Po
             enable_service_links: Some(false),
             node_selector: template.node_selector,
             tolerations: template.tolerations,
+            runtime_class_name: spec.runtime_class_name().map(str::to_owned),
+            volumes: Some(vec![Volume {
+                name: TMP_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            }]),
             security_context: Some(pod_security_context(template.security_context.as_ref())),
             ..PodSpec::default()
         }),
@@ -130,6 +144,11 @@ fn container(spec: &FunctionSpec) -> Container {
         }]),
         resources: spec.resources.clone(),
         readiness_probe: Some(readiness),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: TMP_PATH.into(),
+            ..VolumeMount::default()
+        }]),
         security_context: Some(container_security_context(
             template.container_security_context.as_ref(),
         )),
@@ -151,6 +170,10 @@ fn gate_container(spec: &FunctionSpec, gate_image: &str) -> Container {
         format!("--concurrency={concurrency}"),
         format!("--max-hold={}", spec.timeout),
     ];
+    let max_requests = spec.max_requests_per_instance();
+    if max_requests > 0 {
+        args.push(format!("--max-requests={max_requests}"));
+    }
     if let Some(path) = &spec.readiness_path {
         args.push(format!("--readiness-path={path}"));
     }
@@ -241,6 +264,48 @@ mod tests {
         function(
             "apiVersion: thaw.dev/v1alpha1\nkind: Function\nmetadata: {name: hello, namespace: ns}\nspec: {image: hello:1}\n",
         )
+    }
+
+    #[test]
+    fn instance_gets_its_own_tmp_and_the_runtime_class() {
+        let pod = instance_pod(&hello(), "hello-abcde", GATE_IMAGE);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.runtime_class_name, None);
+        let volume = &spec.volumes.as_ref().expect("volumes")[0];
+        assert_eq!(volume.name, TMP_VOLUME);
+        assert!(volume.empty_dir.is_some());
+        let mount = &spec.containers[0].volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            (TMP_VOLUME, "/tmp")
+        );
+        let security = spec.containers[0].security_context.as_ref().expect("sc");
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+
+        let f = function(
+            "apiVersion: thaw.dev/v1alpha1\nkind: Function\nmetadata: {name: hello, namespace: ns}\nspec: {image: hello:1, podTemplate: {runtimeClassName: gvisor}}\n",
+        );
+        let pod = instance_pod(&f, "hello-abcde", GATE_IMAGE);
+        let spec = pod.spec.expect("spec");
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+    }
+
+    #[test]
+    fn the_gate_gets_max_requests_only_when_set() {
+        let args = |yaml_spec: &str| {
+            let f = function(&format!(
+                "apiVersion: thaw.dev/v1alpha1\nkind: Function\nmetadata: {{name: hello, namespace: ns}}\nspec: {yaml_spec}\n"
+            ));
+            let pod = instance_pod(&f, "hello-abcde", GATE_IMAGE);
+            pod.spec.expect("spec").init_containers.expect("gate")[0]
+                .args
+                .clone()
+                .expect("args")
+        };
+        let plain = args("{image: hello:1}");
+        assert!(!plain.iter().any(|a| a.starts_with("--max-requests")));
+        let fresh = args("{image: hello:1, maxRequestsPerInstance: 1}");
+        assert!(fresh.contains(&"--max-requests=1".to_owned()), "{fresh:?}");
     }
 
     #[test]

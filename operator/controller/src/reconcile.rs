@@ -30,6 +30,7 @@ use crate::{
     instance::{Instance, InstanceState, classify},
     memory::FunctionMemory,
     pod::spec_hash,
+    runtime_class,
     service::{ServicePlan, function_service, plan_service},
     status::{Observed, Trouble, build_status},
     wallclock::{instant_at, round_to_second, wall_at},
@@ -246,7 +247,10 @@ fn plan(
     let settings = settings(function);
     let decision = ctx.autoscaler().decide(key, &settings, &pool, now);
     let backoff = memory.backoff_remaining(now);
-    let create = if backoff.is_some() {
+    let missing_runtime_class = runtime_class::missing(&function.spec, |name| {
+        ctx.runtime_classes.get(&ObjectRef::new(name)).is_some()
+    });
+    let create = if backoff.is_some() || missing_runtime_class.is_some() {
         0
     } else {
         decision.create
@@ -254,7 +258,9 @@ fn plan(
     if create > 0 || !decision.drain.is_empty() || !decision.delete.is_empty() {
         memory.last_action = Some(decision.summary.clone());
     }
-    let trouble = if any_ready {
+    let trouble = if missing_runtime_class.is_some() {
+        missing_runtime_class
+    } else if any_ready {
         None
     } else if let Some(stuck) = stuck {
         Some(stuck)
@@ -345,6 +351,7 @@ pub fn settings(function: &Function) -> Settings {
         warm_instances: spec.warm_instances(),
         keep_alive: spec.keep_alive(),
         timeout: spec.timeout(),
+        max_requests_per_instance: spec.max_requests_per_instance(),
     }
 }
 

@@ -141,6 +141,8 @@ pub async fn run(
     info!(identity = %options.identity, "waiting for leadership");
 
     let (services, service_writer) = reflector::store::<Service>();
+    let (runtime_classes, runtime_class_writer) =
+        reflector::store::<k8s_openapi::api::node::v1::RuntimeClass>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -155,6 +157,7 @@ pub async fn run(
         pods,
         pod_index: pod_index.clone(),
         services,
+        runtime_classes,
         autoscaler,
         memory: Mutex::default(),
         clock,
@@ -199,7 +202,7 @@ pub async fn run(
             client.clone(),
             options.watch_namespace.as_deref(),
             ctx.clone(),
-            service_writer,
+            (service_writer, runtime_class_writer),
             wake_rx,
             stopped(stop_rx.clone()),
         )
@@ -297,10 +300,25 @@ async fn controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-    service_writer: reflector::store::Writer<Service>,
+    (service_writer, runtime_class_writer): (
+        reflector::store::Writer<Service>,
+        reflector::store::Writer<k8s_openapi::api::node::v1::RuntimeClass>,
+    ),
     wake: mpsc::Receiver<FunctionKey>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // RuntimeClasses (cluster-scoped): a Function naming a missing one waits
+    // for it, so any change reconciles every Function (they are rare).
+    let runtime_classes = reflector::reflector(
+        runtime_class_writer,
+        watcher(
+            Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(|_| ());
     let (functions, pods, services) = match namespace {
         Some(ns) => (
             Api::<DeserializeGuard<Function>>::namespaced(client.clone(), ns),
@@ -332,6 +350,7 @@ async fn controller(
         .owns(pods, instance_pods)
         .owns_stream(services)
         .reconcile_on(wakeups)
+        .reconcile_all_on(runtime_classes)
         .graceful_shutdown_on(stop)
         .run(reconcile_guarded, error_policy, ctx)
         .for_each(|result| async move {
@@ -358,6 +377,15 @@ async fn reconcile_guarded(
         .wait_until_ready()
         .await
         .map_err(|_| Error::MissingField("pod cache"))?;
+    // Nor call a RuntimeClass missing before the cache has listed them.
+    if let Ok(function) = &guard.0
+        && function.spec.runtime_class_name().is_some()
+    {
+        ctx.runtime_classes
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::MissingField("RuntimeClass cache"))?;
+    }
     match &guard.0 {
         Ok(function) => reconcile(Arc::new(function.clone()), ctx).await,
         Err(invalid) => {

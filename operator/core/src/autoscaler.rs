@@ -162,8 +162,8 @@ impl FunctionState {
 /// Whether an activator's report of a Function (received at `received`)
 /// says anything its previous one (received at `previous_seen`) did not:
 /// requests arrived, waiting or windowed concurrency is (or was) non-zero,
-/// an instance appeared, went, changed its in-flight count or draining
-/// flag, or its last activity here moved by more than [`ACTIVITY_JITTER`].
+/// an instance appeared, went, changed its in-flight count, started
+/// count, draining or exhausted flag, or its last activity here moved by more than [`ACTIVITY_JITTER`].
 fn moved(
     before: Option<&FunctionReport>,
     previous_seen: Instant,
@@ -188,7 +188,11 @@ fn moved(
         let Some(old) = before.instances.iter().find(|i| i.pod == instance.pod) else {
             return true;
         };
-        if old.in_flight != instance.in_flight || old.draining != instance.draining {
+        if old.in_flight != instance.in_flight
+            || old.draining != instance.draining
+            || old.started != instance.started
+            || old.exhausted != instance.exhausted
+        {
             return true;
         }
         match (

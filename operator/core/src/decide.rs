@@ -40,6 +40,9 @@ pub struct Settings {
     pub keep_alive: Duration,
     /// Longest a request may take, from its arrival at an activator.
     pub timeout: Duration,
+    /// Most requests one instance starts (`maxRequestsPerInstance`); 0 is
+    /// unlimited. An instance that has started this many is spent.
+    pub max_requests_per_instance: u32,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
             warm_instances: 0,
             keep_alive: Duration::from_secs(300),
             timeout: Duration::from_secs(30),
+            max_requests_per_instance: 0,
         }
     }
 }
@@ -149,6 +153,9 @@ pub enum Reason {
     /// Every activator confirmed it places nothing on it and has nothing in
     /// flight on it.
     Drained { draining_for: Duration },
+    /// It started `maxRequestsPerInstance` requests (`started`, as the
+    /// activators count them, or its gate said so) and they all ended.
+    Exhausted { started: u64, max_requests: u32 },
     /// Draining for `draining_for`, past `limit` (the request timeout plus
     /// the forget margin): no request can still be running on it.
     DrainTimeout {
@@ -169,6 +176,13 @@ impl fmt::Display for Reason {
                 )
             }
             Self::Rollout => f.write_str("replaced by an instance of the current spec"),
+            Self::Exhausted {
+                started,
+                max_requests,
+            } => write!(
+                f,
+                "served its maxRequestsPerInstance {max_requests} ({started} started) and is idle"
+            ),
             Self::Drained { draining_for } => write!(
                 f,
                 "drained after {}: every activator confirmed nothing in flight",
@@ -326,6 +340,10 @@ struct Ready<'a> {
     instance: &'a Instance,
     in_flight: u32,
     busy: bool,
+    /// Requests the activators placed on it, summed.
+    started: u64,
+    /// It has started `maxRequestsPerInstance` requests: it takes no more.
+    spent: bool,
     idle_since: Instant,
     expires_at: Instant,
 }
@@ -353,7 +371,11 @@ struct Scene<'a> {
     /// deleted after this long regardless.
     forget_after: Duration,
     activators: Vec<Seen<'a>>,
+    /// Ready instances that can still take requests.
     ready: Vec<Ready<'a>>,
+    /// Ready instances that started `maxRequestsPerInstance` requests: they
+    /// count as neither available nor warm, and go once idle.
+    spent: Vec<Ready<'a>>,
 }
 
 impl<'a> Scene<'a> {
@@ -380,7 +402,7 @@ impl<'a> Scene<'a> {
                 }
             })
             .collect();
-        let ready = pool
+        let (spent, ready): (Vec<Ready<'a>>, Vec<Ready<'a>>) = pool
             .iter()
             .filter_map(|instance| match instance.phase {
                 Phase::Ready { since } => {
@@ -388,7 +410,7 @@ impl<'a> Scene<'a> {
                 }
                 _ => None,
             })
-            .collect();
+            .partition(|r| r.spent);
         Self {
             settings,
             tuning,
@@ -398,6 +420,7 @@ impl<'a> Scene<'a> {
             forget_after,
             activators,
             ready,
+            spent,
         }
     }
 
@@ -421,11 +444,11 @@ impl<'a> Scene<'a> {
 
     /// Current-spec instances that are not draining (starting or ready).
     fn current_live(&self) -> u32 {
-        count(
-            self.pool
-                .iter()
-                .filter(|i| i.current && !matches!(i.phase, Phase::Draining { .. })),
-        )
+        count(self.pool.iter().filter(|i| {
+            i.current
+                && !matches!(i.phase, Phase::Draining { .. })
+                && !self.spent.iter().any(|r| r.instance.id == i.id)
+        }))
     }
 
     fn observing(&self) -> bool {
@@ -450,6 +473,7 @@ pub fn decide(
     let (mut drain, retired) = rollout(&scene, demand.desired);
     let reaping = reap(&scene, &demand, &retired);
     drain.extend(reaping.drain.iter().cloned());
+    drain.extend(retire_spent(&scene));
     let (delete, drain_wakeups) = delete_drained(&scene);
     let expiries = expiries(&reaping);
     let next_wakeup = next_wakeup(&scene, &demand, &reaping, &expiries, drain_wakeups);
@@ -703,6 +727,24 @@ fn reap<'s>(s: &'s Scene<'_>, demand: &Demand, retired: &BTreeSet<&str>) -> Reap
     }
 }
 
+/// Phase 3b, maxRequestsPerInstance: a spent instance is drained as soon
+/// as nothing is in flight on it (its replacement was counted in phase 1,
+/// since it is not live any more). Busy ones wait: the report of their last
+/// request's end decides again.
+fn retire_spent(s: &Scene<'_>) -> Vec<Action> {
+    s.spent
+        .iter()
+        .filter(|r| !r.busy)
+        .map(|r| Action {
+            instance: r.instance.id.clone(),
+            reason: Reason::Exhausted {
+                started: r.started,
+                max_requests: s.settings.max_requests_per_instance,
+            },
+        })
+        .collect()
+}
+
 /// Phase 4, draining -> deleted: every activator still remembered confirms
 /// it places nothing on the instance and has nothing in flight on it, or
 /// the timeout (plus margin) has passed. Also returns when undecided drains
@@ -792,8 +834,9 @@ fn next_wakeup(
 }
 
 fn counts(s: &Scene<'_>) -> Counts {
-    let ready = count(s.ready.iter());
-    let busy = s.busy();
+    // Spent instances are still ready pods: the status shows them.
+    let ready = count(s.ready.iter().chain(s.spent.iter()));
+    let busy = count(s.ready.iter().chain(s.spent.iter()).filter(|r| r.busy));
     Counts {
         starting: count(s.pool.iter().filter(|i| i.phase == Phase::Starting)),
         ready,
@@ -830,12 +873,18 @@ fn evaluate<'a>(
 ) -> Ready<'a> {
     let mut in_flight = 0u32;
     let mut busy = false;
+    let mut started = 0u64;
+    let mut refused = false;
     for a in activators.iter().filter(|a| !a.forgotten) {
         if let Some(listing) = a.listing(&instance.id) {
             in_flight = in_flight.saturating_add(listing.in_flight);
             busy |= listing.is_busy();
+            started = started.saturating_add(listing.started);
+            refused |= listing.exhausted;
         }
     }
+    let max = u64::from(settings.max_requests_per_instance);
+    let spent = max > 0 && (refused || started >= max);
     // Evidence: the last time anything was seen in flight on it, never
     // before it became ready.
     let mut idle_since = view
@@ -853,6 +902,8 @@ fn evaluate<'a>(
         instance,
         in_flight,
         busy,
+        started,
+        spent,
         idle_since,
         expires_at: idle_since + settings.keep_alive,
     }

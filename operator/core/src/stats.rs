@@ -18,7 +18,7 @@
 use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 /// The only report version this build reads and writes.
-pub const REPORT_VERSION: u32 = 2;
+pub const REPORT_VERSION: u32 = 3;
 
 /// Everything one activator replica reports, sent every report interval
 /// (about a second) and at once when a request starts waiting for a
@@ -98,6 +98,19 @@ pub struct InstanceReport {
     /// nothing new on it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub draining: bool,
+    /// Requests this activator has placed on the instance since it learned
+    /// of it (version 3): with `maxRequestsPerInstance`, the autoscaler sums
+    /// them across activators to tell when an instance is used up.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started: u64,
+    /// The instance's gate refused a request as exhausted, or this activator
+    /// alone placed `maxRequestsPerInstance` on it: it takes no more.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exhausted: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a report was refused.
@@ -184,6 +197,8 @@ impl InstanceReport {
             in_flight,
             idle_for_ms: None,
             draining: false,
+            started: 0,
+            exhausted: false,
         }
     }
 
@@ -195,6 +210,8 @@ impl InstanceReport {
             in_flight: 0,
             idle_for_ms: None,
             draining: false,
+            started: 0,
+            exhausted: false,
         }
     }
 
@@ -206,6 +223,8 @@ impl InstanceReport {
             in_flight: 0,
             idle_for_ms: Some(idle_for_ms),
             draining: false,
+            started: 0,
+            exhausted: false,
         }
     }
 
@@ -257,7 +276,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
-                "version": 2,
+                "version": 3,
                 "activator": "activator-0",
                 "epoch": 42,
                 "sequence": 7,
@@ -278,7 +297,7 @@ mod tests {
         );
         let text = serde_json::to_string(&sample()).unwrap();
         assert!(
-            text.starts_with(r#"{"version":2,"#),
+            text.starts_with(r#"{"version":3,"#),
             "version comes first: {text}"
         );
         let back: ActivatorReport = serde_json::from_str(&text).unwrap();
@@ -302,15 +321,15 @@ mod tests {
     fn unknown_version_is_rejected_before_the_rest_is_read() {
         // A future version with a shape this build does not know: the error
         // names the version, not the unknown fields.
-        let text = r#"{"version":3,"activator":"a","epoch":1,"sequence":1,"intervalMs":1000,"functions":[{"ns":"x"}]}"#;
+        let text = r#"{"version":4,"activator":"a","epoch":1,"sequence":1,"intervalMs":1000,"functions":[{"ns":"x"}]}"#;
         let error = serde_json::from_str::<ActivatorReport>(text)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("activator report version 3 is not supported"),
+            error.contains("activator report version 4 is not supported"),
             "{error}"
         );
-        assert!(error.contains("reads version 2 only"), "{error}");
+        assert!(error.contains("reads version 3 only"), "{error}");
 
         // Version 1 meant something else by a missing `idleForMs` (busy).
         let text = r#"{"version":1,"activator":"a","epoch":1,"sequence":1,"intervalMs":1000}"#;
@@ -324,10 +343,10 @@ mod tests {
         assert_eq!(sample().validate(), Ok(()));
 
         let mut report = sample();
-        report.version = 3;
+        report.version = 4;
         assert_eq!(
             report.validate(),
-            Err(StatsError::UnsupportedVersion { version: 3 })
+            Err(StatsError::UnsupportedVersion { version: 4 })
         );
 
         let mut report = sample();

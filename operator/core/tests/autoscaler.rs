@@ -1349,11 +1349,11 @@ fn idle_outdated_instances_expire_like_any_other() {
 fn reports_of_an_unknown_version_are_refused() {
     let mut sim = Sim::new(settings());
     let mut report = ActivatorReport::new("act-a", 1, 1, 1000);
-    report.version = 3;
+    report.version = 4;
     let now = sim.now();
     assert_eq!(
         sim.autoscaler.ingest(report, now),
-        Err(StatsError::UnsupportedVersion { version: 3 })
+        Err(StatsError::UnsupportedVersion { version: 4 })
     );
     let json = r#"{"version":9,"activator":"act-a","sequence":1,"intervalMs":1000}"#;
     let error = serde_json::from_str::<ActivatorReport>(json).unwrap_err();
@@ -1408,7 +1408,120 @@ fn absurd_settings_do_not_panic() {
         warm_instances: u32::MAX,
         keep_alive: std::time::Duration::MAX,
         timeout: std::time::Duration::MAX,
+        max_requests_per_instance: u32::MAX,
     };
     let d = decide(&settings, &pool, &FunctionView::default(), now);
     assert_eq!(d.desired, 0);
+}
+
+// ------------------------------------------------- maxRequestsPerInstance
+
+fn fresh_settings() -> Settings {
+    Settings {
+        concurrency: 1,
+        max_requests_per_instance: 1,
+        warm_instances: 2,
+        ..settings()
+    }
+}
+
+#[test]
+fn a_used_instance_is_neither_warm_nor_live_and_is_replaced_at_once() {
+    let mut sim = Sim::new(fresh_settings());
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.add_ready("hello-b", t);
+    sim.advance(SEC);
+    // One request placed on hello-a: it is spent the moment it started its
+    // one request, so its replacement starts while it still runs.
+    let mut f = sim.function();
+    f.requests = 1;
+    let mut busy = InstanceReport::busy("hello-a", 1);
+    busy.started = 1;
+    f.instances = vec![busy, InstanceReport::unused("hello-b")];
+    sim.report("act-a", f);
+    let d = sim.decide();
+    assert_eq!((d.desired, d.create), (2, 1), "{}", d.summary);
+    assert!(d.drain.is_empty(), "busy: not drained yet");
+
+    // The request ended: hello-a is drained at once, whatever its keep-alive.
+    sim.advance(millis(100));
+    let mut f = sim.function();
+    let mut done = InstanceReport::idle("hello-a", 50);
+    done.started = 1;
+    f.instances = vec![done, InstanceReport::unused("hello-b")];
+    sim.report("act-a", f);
+    let d = sim.decide();
+    assert_eq!(d.drain.len(), 1, "{}", d.summary);
+    assert_eq!(d.drain[0].instance, "hello-a");
+    assert!(matches!(
+        d.drain[0].reason,
+        Reason::Exhausted {
+            started: 1,
+            max_requests: 1
+        }
+    ));
+    assert!(d.expiries.iter().all(|e| e.instance != "hello-a"));
+}
+
+#[test]
+fn requests_placed_by_two_activators_add_up_to_the_limit() {
+    let mut sim = Sim::new(Settings {
+        concurrency: 1,
+        max_requests_per_instance: 5,
+        ..settings()
+    });
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.advance(SEC);
+    for (activator, started) in [("act-a", 2), ("act-b", 2)] {
+        let mut f = sim.function();
+        let mut idle = InstanceReport::idle("hello-a", 10);
+        idle.started = started;
+        f.instances = vec![idle];
+        sim.report(activator, f);
+    }
+    assert!(sim.decide().drain.is_empty(), "4 of 5 started");
+    let mut f = sim.function();
+    let mut idle = InstanceReport::idle("hello-a", 10);
+    idle.started = 3;
+    f.instances = vec![idle];
+    sim.report("act-b", f);
+    let d = sim.decide();
+    assert_eq!(d.drain.len(), 1, "5 of 5 started: {}", d.summary);
+
+    // The gate's refusal, reported by one activator, says the same alone.
+    let mut sim = Sim::new(Settings {
+        concurrency: 1,
+        max_requests_per_instance: 5,
+        ..settings()
+    });
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.advance(SEC);
+    let mut f = sim.function();
+    let mut refused = InstanceReport::idle("hello-a", 10);
+    refused.exhausted = true;
+    f.instances = vec![refused];
+    sim.report("act-a", f);
+    assert_eq!(sim.decide().drain.len(), 1);
+}
+
+#[test]
+fn without_max_requests_started_counts_change_nothing() {
+    let mut sim = Sim::new(Settings {
+        warm_instances: 1,
+        ..settings()
+    });
+    let t = sim.now();
+    sim.add_ready("hello-a", t);
+    sim.advance(SEC);
+    let mut f = sim.function();
+    let mut idle = InstanceReport::idle("hello-a", 10);
+    idle.started = 1000;
+    f.instances = vec![idle];
+    sim.report("act-a", f);
+    let d = sim.decide();
+    assert!(d.drain.is_empty());
+    assert_eq!(d.create, 0);
 }

@@ -25,6 +25,7 @@ use tracing::info;
 
 pub use limiter::{Limiter, Refused, Slot};
 pub use ports::GatePorts;
+pub use proxy::{EXHAUSTED, THAW_GATE};
 pub use state::{GATE_STATE_PATH, GateState};
 pub use upstream::Upstream;
 
@@ -45,6 +46,9 @@ pub struct GateOptions {
     pub upstream: Upstream,
     /// Hard limit of requests on the function at once; 0 = unlimited.
     pub concurrency: u32,
+    /// Most requests admitted in the instance's life
+    /// (`maxRequestsPerInstance`); 0 = unlimited.
+    pub max_requests: u32,
     /// Most requests held for a slot; more get 503.
     pub max_waiting: u32,
     /// Longest a request is held for a slot (the Function's timeout: the
@@ -60,8 +64,9 @@ pub async fn run(
     options: GateOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let limiter = Arc::new(Limiter::new(
+    let limiter = Arc::new(Limiter::with_max_requests(
         options.concurrency,
+        options.max_requests,
         options.max_waiting,
         options.max_hold,
     ));

@@ -1,6 +1,8 @@
 //! The hard limit and the instance's own clock: at most `concurrency`
 //! requests on the function, the rest held in FIFO order, and the counts
-//! the operator reads (in flight, held, started, idle since).
+//! the operator reads (in flight, held, started, idle since). With
+//! `max_requests` set, the instance admits that many requests in its life
+//! and refuses every later one at once ([`Refused::Exhausted`]).
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -21,6 +23,9 @@ pub enum Refused {
     Full,
     /// No slot freed within the hold limit.
     Timeout,
+    /// The instance has admitted `max_requests` requests: it takes no more,
+    /// ever.
+    Exhausted,
 }
 
 #[derive(Debug)]
@@ -28,6 +33,10 @@ struct Counts {
     in_flight: u32,
     waiting: u32,
     started: u64,
+    /// Requests admitted (running or held for a slot): the count
+    /// `max_requests` limits. A held request that gets no slot gives its
+    /// place back.
+    admitted: u64,
     /// When the last request ended (or the gate started); `None` while busy.
     idle_since: Option<Instant>,
 }
@@ -39,6 +48,8 @@ pub struct Limiter {
     /// arrival order.
     permits: Option<Arc<Semaphore>>,
     concurrency: u32,
+    /// Most requests admitted in the instance's life; 0 = unlimited.
+    max_requests: u64,
     max_waiting: u32,
     max_hold: Duration,
     counts: Mutex<Counts>,
@@ -55,15 +66,28 @@ pub struct Slot {
 
 impl Limiter {
     pub fn new(concurrency: u32, max_waiting: u32, max_hold: Duration) -> Self {
+        Self::with_max_requests(concurrency, 0, max_waiting, max_hold)
+    }
+
+    /// A limiter that admits at most `max_requests` requests in its life
+    /// (0 = unlimited).
+    pub fn with_max_requests(
+        concurrency: u32,
+        max_requests: u32,
+        max_waiting: u32,
+        max_hold: Duration,
+    ) -> Self {
         Self {
             permits: (concurrency > 0).then(|| Arc::new(Semaphore::new(concurrency as usize))),
             concurrency,
+            max_requests: u64::from(max_requests),
             max_waiting,
             max_hold,
             counts: Mutex::new(Counts {
                 in_flight: 0,
                 waiting: 0,
                 started: 0,
+                admitted: 0,
                 idle_since: Some(Instant::now()),
             }),
         }
@@ -73,9 +97,21 @@ impl Limiter {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits for a slot on the function.
+    /// Waits for a slot on the function. An exhausted instance refuses at
+    /// once; the count is taken under the same lock as the check, so two
+    /// requests arriving together cannot both take the last place.
     pub async fn admit(self: &Arc<Self>) -> Result<Slot, Refused> {
         let arrived = Instant::now();
+        {
+            let mut counts = self.counts();
+            if self.max_requests > 0 && counts.admitted >= self.max_requests {
+                return Err(Refused::Exhausted);
+            }
+            counts.admitted += 1;
+        }
+        // Given back if the request gets no slot (held too long, queue
+        // full, or its client left while held): it never ran.
+        let ticket = Ticket(Some(self));
         let permit = match &self.permits {
             None => None,
             Some(permits) => match permits.clone().try_acquire_owned() {
@@ -83,6 +119,7 @@ impl Limiter {
                 Err(_) => Some(self.hold(permits.clone()).await?),
             },
         };
+        ticket.keep();
         let mut counts = self.counts();
         counts.in_flight += 1;
         counts.started += 1;
@@ -125,7 +162,7 @@ impl Limiter {
     /// What the operator reads.
     pub fn state(&self) -> GateState {
         let counts = self.counts();
-        GateState::new(
+        let mut state = GateState::new(
             self.concurrency,
             counts.in_flight,
             counts.waiting,
@@ -133,7 +170,28 @@ impl Limiter {
             counts
                 .idle_since
                 .map(|since| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)),
-        )
+        );
+        state.max_requests = self.max_requests;
+        state.exhausted = self.max_requests > 0 && counts.admitted >= self.max_requests;
+        state
+    }
+}
+
+/// A request's place in `max_requests`, given back unless kept.
+struct Ticket<'a>(Option<&'a Limiter>);
+
+impl Ticket<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(limiter) = self.0 {
+            let mut counts = limiter.counts();
+            counts.admitted = counts.admitted.saturating_sub(1);
+        }
     }
 }
 
@@ -211,6 +269,68 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(timed_out.await.expect("task"), Some(Refused::Timeout));
         drop(again);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn admits_at_most_max_requests_then_refuses_at_once() {
+        let limiter = Arc::new(Limiter::with_max_requests(
+            2,
+            5,
+            1000,
+            Duration::from_secs(10),
+        ));
+        let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let (limiter, ran) = (limiter.clone(), ran.clone());
+                tokio::spawn(async move {
+                    match limiter.admit().await {
+                        Ok(slot) => {
+                            ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            drop(slot);
+                            true
+                        }
+                        Err(refused) => {
+                            assert_eq!(refused, Refused::Exhausted);
+                            false
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += u32::from(task.await.expect("task"));
+        }
+        assert_eq!(admitted, 5);
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 5);
+        let state = limiter.state();
+        assert_eq!((state.started, state.max_requests), (5, 5));
+        assert!(state.exhausted && state.is_idle());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_that_gets_no_slot_gives_its_place_back() {
+        let limiter = Arc::new(Limiter::with_max_requests(1, 2, 10, Duration::from_secs(1)));
+        let first = limiter.admit().await.expect("first");
+        let held = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.admit().await.err() })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            limiter.state().exhausted,
+            "two admitted: one running, one held"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(held.await.expect("task"), Some(Refused::Timeout));
+        assert!(!limiter.state().exhausted, "the held one never ran");
+        drop(first);
+        let second = limiter.admit().await.expect("second");
+        drop(second);
+        assert_eq!(limiter.admit().await.err(), Some(Refused::Exhausted));
+        assert_eq!(limiter.state().started, 2);
     }
 
     #[tokio::test(start_paused = true)]

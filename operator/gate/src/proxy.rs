@@ -36,6 +36,13 @@ use crate::{Limiter, Refused, Slot};
 /// had to (another activator's request had the instance's last slot).
 pub const THAW_GATE_WAIT: &str = "thaw-gate-wait";
 
+/// Response header on the gate's own refusals; `exhausted` says the
+/// instance has admitted its `maxRequestsPerInstance` requests and takes no
+/// more: the activator places the request elsewhere.
+pub const THAW_GATE: &str = "thaw-gate";
+/// [`THAW_GATE`]'s value on an exhausted instance's refusal.
+pub const EXHAUSTED: &str = "exhausted";
+
 type GateBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 pub struct Proxy {
@@ -116,6 +123,16 @@ impl Proxy {
             Ok(slot) => slot,
             Err(Refused::Full) => return refusal("instance busy: too many requests held"),
             Err(Refused::Timeout) => return refusal("instance busy: no slot freed in time"),
+            // Before the body is read: the activator still has it to send
+            // elsewhere.
+            Err(Refused::Exhausted) => {
+                let mut response =
+                    refusal("instance exhausted: it has served its maxRequestsPerInstance");
+                response
+                    .headers_mut()
+                    .insert(THAW_GATE, HeaderValue::from_static(EXHAUSTED));
+                return response;
+            }
         };
         let path = req
             .uri()
@@ -150,6 +167,10 @@ impl Proxy {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // Only the gate's own refusals say `thaw-gate`: a function
+                // answering `thaw-gate: exhausted` must not make the
+                // activator run its request again elsewhere.
+                parts.headers.remove(THAW_GATE);
                 if !waited.is_zero()
                     && let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
                 {

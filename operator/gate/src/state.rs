@@ -25,6 +25,13 @@ pub struct GateState {
     /// no request ever came); absent while busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_for_ms: Option<u64>,
+    /// `maxRequestsPerInstance` the gate enforces; 0 = unlimited.
+    #[serde(default)]
+    pub max_requests: u64,
+    /// The instance has admitted `max_requests` requests and refuses every
+    /// new one: it is done once nothing is in flight.
+    #[serde(default)]
+    pub exhausted: bool,
 }
 
 impl GateState {
@@ -42,6 +49,8 @@ impl GateState {
             waiting,
             started,
             idle_for_ms,
+            max_requests: 0,
+            exhausted: false,
         }
     }
 

@@ -16,11 +16,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use thaw_gate::{GateOptions, GateState, Upstream};
+use thaw_gate::{EXHAUSTED, GateOptions, GateState, THAW_GATE, Upstream};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A function that sleeps 150 ms per request and records its peak
-/// concurrency.
+/// concurrency. On `/fake` it answers 503 with `thaw-gate: exhausted`, as if
+/// it were the gate.
 struct Function {
     port: u16,
     peak: Arc<AtomicU32>,
@@ -39,14 +40,21 @@ async fn function() -> Function {
             };
             let (r, p) = (r.clone(), p.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (r, p) = (r.clone(), p.clone());
                     async move {
                         let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                         p.fetch_max(now, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(150)).await;
                         r.fetch_sub(1, Ordering::SeqCst);
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if req.uri().path() == "/fake" {
+                            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            response
+                                .headers_mut()
+                                .insert(THAW_GATE, EXHAUSTED.parse().expect("value"));
+                        }
+                        Ok::<_, Infallible>(response)
                     }
                 });
                 let _ = http1::Builder::new()
@@ -64,12 +72,17 @@ fn free_addr() -> SocketAddr {
 }
 
 async fn gate(upstream: u16, concurrency: u32) -> (SocketAddr, SocketAddr) {
+    gate_with(upstream, concurrency, 0).await
+}
+
+async fn gate_with(upstream: u16, concurrency: u32, max_requests: u32) -> (SocketAddr, SocketAddr) {
     let (listen, admin) = (free_addr(), free_addr());
     let options = GateOptions {
         listen,
         admin_listen: admin,
         upstream: Upstream::new(upstream, None),
         concurrency,
+        max_requests,
         max_waiting: 100,
         max_hold: Duration::from_secs(10),
         header_read_timeout: Duration::from_secs(5),
@@ -86,6 +99,11 @@ async fn gate(upstream: u16, concurrency: u32) -> (SocketAddr, SocketAddr) {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = get_with_headers(addr, path).await;
+    (status, body)
+}
+
+async fn get_with_headers(addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -97,13 +115,14 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
         .expect("body")
         .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn state(admin: SocketAddr) -> GateState {
@@ -163,4 +182,49 @@ async fn concurrency_three_lets_three_through_and_holds_the_rest() {
     assert!(seen_busy, "never saw 3 in flight with more held");
     assert_eq!(function.peak.load(Ordering::SeqCst), 3);
     assert_eq!(state(admin).await.started, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exhausted_instance_refuses_at_once_without_reading_the_body() {
+    let function = function().await;
+    let (addr, admin) = gate_with(function.port, 1, 2).await;
+    assert_eq!(get(addr, "/one").await.0, 200);
+    assert_eq!(get(addr, "/two").await.0, 200);
+    let before = state(admin).await;
+    assert!(before.exhausted && before.max_requests == 2, "{before:?}");
+    // A third request declares a body it never sends: the refusal comes at
+    // once all the same, so the sender still has its body to send elsewhere.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"POST /three HTTP/1.1\r\nhost: gate\r\ncontent-length: 1000\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut answer),
+    )
+    .await
+    .expect("an answer before the body")
+    .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("thaw-gate: exhausted"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert_eq!(
+        state(admin).await.started,
+        2,
+        "the third never reached the function"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_cannot_fake_the_gates_exhausted_refusal() {
+    let function = function().await;
+    let (addr, _admin) = gate(function.port, 1).await;
+    let (status, headers, _) = get_with_headers(addr, "/fake").await;
+    assert_eq!(status, 503, "the function's own answer passes");
+    assert!(headers.get(THAW_GATE).is_none(), "{headers:?}");
 }

@@ -68,6 +68,11 @@ struct GateArgs {
     /// Most requests on the function at once; 0 = unlimited.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
+    /// Most requests the instance admits in its life
+    /// (maxRequestsPerInstance); later ones get 503 `thaw-gate: exhausted`.
+    /// 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    max_requests: u32,
     /// Most requests held for a slot; more get 503.
     #[arg(long, default_value_t = 1000)]
     max_waiting: u32,
@@ -374,6 +379,7 @@ async fn gate(args: GateArgs) -> anyhow::Result<()> {
         admin_listen: SocketAddr::from((any, args.admin_port)),
         upstream: thaw_gate::Upstream::new(args.upstream_port, args.readiness_path),
         concurrency: args.concurrency,
+        max_requests: args.max_requests,
         max_waiting: args.max_waiting,
         max_hold: args.max_hold,
         header_read_timeout: Duration::from_secs(10),

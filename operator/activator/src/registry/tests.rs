@@ -17,6 +17,7 @@ fn config(concurrency: u32) -> FunctionConfig {
         max_wait: Duration::from_secs(30),
         timeout: Duration::from_secs(30),
         port: 8080,
+        max_requests: 0,
     }
 }
 

@@ -14,6 +14,7 @@ fn config(concurrency: u32) -> FunctionConfig {
         max_wait: Duration::from_secs(30),
         timeout: Duration::from_secs(30),
         port: 8080,
+        max_requests: 0,
     }
 }
 
@@ -514,4 +515,86 @@ fn an_instance_without_a_request_from_this_activator_reports_no_idle_time() {
     s.release(slot.instance, t0 + Duration::from_millis(60));
     let report = s.report("ns", "f", Duration::ZERO, t0 + Duration::from_millis(100));
     assert_eq!(report.instances[0].idle_for_ms, Some(40));
+}
+
+/// A function with `maxRequestsPerInstance` and ready instances `pods`.
+fn limited(concurrency: u32, max_requests: u32, pods: &[&str], now: Instant) -> FunctionState {
+    let mut s = state(concurrency, pods, now);
+    s.set_config(
+        Some(FunctionConfig {
+            max_requests,
+            ..config(concurrency)
+        }),
+        now,
+    );
+    s
+}
+
+#[test]
+fn an_instance_gets_at_most_max_requests_from_this_activator() {
+    let now = Instant::now();
+    let mut s = limited(1, 2, &["a", "b"], now);
+    let first = placed(s.admit(now));
+    assert_eq!(first.pod, "a");
+    s.release(first.instance, now);
+    let second = placed(s.admit(now));
+    assert_eq!(second.pod, "a");
+    // The second made `a` spent: the autoscaler hears it at once.
+    assert!(s.take_spent_news());
+    s.release(second.instance, now);
+    assert!(s.take_spent_news(), "spent and idle now: it can go");
+    assert_eq!(placed(s.admit(now)).pod, "b", "a started its 2");
+    let report = s.report("ns", "fn", Duration::from_secs(1), now);
+    let a = report.instances.iter().find(|i| i.pod == "a").expect("a");
+    assert_eq!((a.started, a.exhausted), (2, true));
+    let b = report.instances.iter().find(|i| i.pod == "b").expect("b");
+    assert_eq!((b.started, b.exhausted), (1, false));
+}
+
+#[test]
+fn a_waiter_handed_an_instances_last_request_keeps_it() {
+    let now = Instant::now();
+    let mut s = limited(1, 2, &["a"], now);
+    let held = placed(s.admit(now));
+    let (w, mut rx, _, _) = queued(s.admit(now));
+    s.release(held.instance, now);
+    assert!(woken(&mut rx));
+    // Taking the slot made `a` spent; the hand-over stands all the same.
+    let slot = assigned(s.take(w, now));
+    assert_eq!(slot.pod, "a");
+    s.release(slot.instance, now);
+    let (_, _, _, cold) = queued(s.admit(now));
+    assert!(cold, "no instance left that takes requests: a cold start");
+}
+
+#[test]
+fn the_gates_refusal_retires_an_instance_at_once() {
+    let now = Instant::now();
+    let mut s = limited(1, 5, &["a", "b"], now);
+    let slot = placed(s.admit(now));
+    assert_eq!(slot.pod, "a");
+    // Another activator filled `a` up: its gate refused this one.
+    s.exhausted(slot.instance);
+    assert!(s.take_spent_news());
+    s.release(slot.instance, now);
+    assert_eq!(placed(s.readmit(now)).pod, "b");
+    let report = s.report("ns", "fn", Duration::from_secs(1), now);
+    let a = report.instances.iter().find(|i| i.pod == "a").expect("a");
+    assert!(a.exhausted);
+}
+
+#[test]
+fn without_max_requests_nothing_is_ever_spent() {
+    let now = Instant::now();
+    let mut s = state(1, &["a"], now);
+    for _ in 0..50 {
+        let slot = placed(s.admit(now));
+        s.release(slot.instance, now);
+    }
+    assert!(!s.take_spent_news());
+    let report = s.report("ns", "fn", Duration::from_secs(1), now);
+    assert_eq!(
+        (report.instances[0].started, report.instances[0].exhausted),
+        (50, false)
+    );
 }

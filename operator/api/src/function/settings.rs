@@ -85,6 +85,20 @@ impl FunctionSpec {
         u32::try_from(self.scaling.warm_instances).unwrap_or(0)
     }
 
+    /// Most requests one instance starts; 0 is unlimited, and so reads a
+    /// negative value (admission refuses it).
+    pub fn max_requests_per_instance(&self) -> u32 {
+        u32::try_from(self.max_requests_per_instance).unwrap_or(0)
+    }
+
+    /// The RuntimeClass instance pods name, if any.
+    pub fn runtime_class_name(&self) -> Option<&str> {
+        self.pod_template
+            .as_ref()
+            .and_then(|t| t.runtime_class_name.as_deref())
+            .filter(|n| !n.is_empty())
+    }
+
     /// The port the function serves on; outside 1..=65535 reads as the
     /// default (8080).
     pub fn port(&self) -> u16 {

@@ -204,10 +204,10 @@ fn invalid_reports_are_refused() {
     let clock = ManualClock::new();
     let mut store = Autoscaler::new(Tuning::default(), clock.now());
     let mut bad = report("a", 1, 1.0);
-    bad.version = 3;
+    bad.version = 4;
     assert_eq!(
         store.ingest(bad, clock.now()),
-        Err(StatsError::UnsupportedVersion { version: 3 })
+        Err(StatsError::UnsupportedVersion { version: 4 })
     );
     assert_eq!(store.activators().count(), 0);
 }
