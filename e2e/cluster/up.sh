@@ -14,6 +14,14 @@ if pid_alive kube-apiserver && pid_alive thaw-node && apiserver_ready >/dev/null
   log "cluster already up; kubeconfig: $kubeconfig"
   exit 0
 fi
+# The ports and the bridge are the machine's, not this directory's: if
+# another directory's cluster holds the API server's port, stop here and
+# touch nothing (the cleanup below would take its pod network down).
+if ss -Hltn "sport = :$apiserver_port" 2>/dev/null | grep -q . && ! pid_alive kube-apiserver; then
+  log "port $apiserver_port is taken by another local cluster (not $cluster_dir);" \
+    "use it with THAW_CLUSTER_DIR=<its directory>, or stop it with its down.sh"
+  exit 1
+fi
 # Half-up (a crash, or processes ended with a session): start again cleanly.
 bash "$repo/e2e/cluster/down.sh" >/dev/null 2>&1 || true
 
