@@ -20,6 +20,9 @@ metadata:
 NS
 installed=false
 helm status thaw -n thaw-system >/dev/null 2>&1 && installed=true
+# Helm installs crds/ once and never upgrades it (docs/install.md): apply it,
+# as users upgrading are told to.
+$installed && kubectl apply --server-side --force-conflicts -f charts/thaw/crds/ >/dev/null
 log "helm upgrade --install thaw charts/thaw -n thaw-system"
 helm upgrade --install thaw charts/thaw -n thaw-system --create-namespace --wait --timeout 5m
 if $installed; then
