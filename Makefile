@@ -56,10 +56,19 @@ dev: cluster-up ## Run thaw on the local cluster and print a curl that cold-star
 	$(CARGO) build -p thaw
 	bash e2e/dev.sh
 
+.PHONY: bench-haproxy
+bench-haproxy: # haproxy for the activator benchmarks (Debian package; any version, printed by the bench).
+	@command -v haproxy >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy; }
+
 .PHONY: bench-activator
-bench-activator: ## Benchmark hello directly and through the activator (release build; docs/benchmarks.md).
+bench-activator: bench-haproxy ## hello directly, through haproxy, the activator, activator + gate: latency, throughput, CPU/request (release; docs/benchmarks.md).
 	$(CARGO) build --release -p thaw -p thaw-sample-functions
 	$(CARGO) bench -p thaw-activator --bench proxy
+
+.PHONY: bench-dataplane
+bench-dataplane: bench-haproxy ## Open loop, 1,000 req/s for 60 s at a 100 ms handler, direct vs proxies: p95 (release; docs/benchmarks.md).
+	$(CARGO) build --release -p thaw -p thaw-sample-functions
+	BENCH_MODE=dataplane $(CARGO) bench -p thaw-activator --bench proxy
 
 .PHONY: bench-hostile
 bench-hostile: ## RSS of activator and operator under 10,000 idle/slow connections and full queues (release build; docs/benchmarks.md).

@@ -22,6 +22,12 @@ use thaw_controller::auth::{DEFAULT_AUDIENCE as DEFAULT_STATS_AUDIENCE, StatsAut
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc instead of the C library's malloc: per-thread free lists instead
+// of glibc's arena locks (or musl's slow allocator in the image), measured in
+// docs/benchmarks.md (`make bench-activator`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "thaw",
