@@ -30,7 +30,7 @@ use crate::{
     context::{Context, FIELD_MANAGER},
     error::Error,
     pod::instance_pod,
-    wallclock::{round_to_second, wall_at},
+    wallclock::{round_to_second, round_up_to_second, wall_at},
 };
 
 /// Annotations are rewritten only when they move more than this, so a
@@ -250,15 +250,18 @@ pub async fn annotate_expiries(
         };
         let current: BTreeMap<String, String> =
             pod.metadata.annotations.clone().unwrap_or_default();
-        let wanted = |at: Option<Instant>| at.map(|at| round_to_second(wall_at(at, now, wall)));
-        let idle_since = wanted(expiry.idle_since);
-        let expires_at = wanted(expiry.expires_at);
+        let wall_of = |at: Option<Instant>| at.map(|at| wall_at(at, now, wall));
+        // Idle-since rounds down and the expiry up, so neither claims more
+        // than is true: an instance is never shown expiring before it does.
+        let idle_since = wall_of(expiry.idle_since).map(round_to_second);
+        let expires_at = wall_of(expiry.expires_at).map(round_up_to_second);
         let kept = expiry
             .held
             .filter(|_| expiry.idle_since.is_some())
             .map(|hold| hold.to_string());
         if close_enough(current.get(IDLE_SINCE_ANNOTATION), idle_since)
             && close_enough(current.get(EXPIRES_AT_ANNOTATION), expires_at)
+            && !later(current.get(EXPIRES_AT_ANNOTATION), expires_at)
             && current.get(KEPT_ANNOTATION) == kept.as_ref()
         {
             continue;
@@ -276,6 +279,17 @@ pub async fn annotate_expiries(
             })?;
     }
     Ok(())
+}
+
+/// The wanted expiry is later than the one shown: always rewritten (at most
+/// once per second of movement), so a later request on the instance, e.g.
+/// through another activator whose report came second, never leaves an
+/// earlier expiry on display. Small moves the other way stay within slack.
+fn later(current: Option<&String>, wanted: Option<Timestamp>) -> bool {
+    match (current.and_then(|c| c.parse::<Timestamp>().ok()), wanted) {
+        (Some(current), Some(wanted)) => wanted > current,
+        _ => false,
+    }
 }
 
 fn close_enough(current: Option<&String>, wanted: Option<Timestamp>) -> bool {
