@@ -538,23 +538,7 @@ impl Proxy {
                     return answer;
                 }
                 Ok(Ok(response)) => {
-                    entry
-                        .metrics()
-                        .proxy_latency
-                        .observe(sent.elapsed().as_secs_f64());
-                    let (mut head, body) = response.into_parts();
-                    forward_response(&mut head.headers);
-                    if let Some(waited) = waited
-                        && let Ok(value) =
-                            HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
-                    {
-                        head.headers.insert(THAW_COLD_START, value);
-                    }
-                    entry.metrics().response(head.status);
-                    return Response::from_parts(
-                        head,
-                        ResponseBody::upstream(body, lease, deadline),
-                    );
+                    return relay(&entry, response, lease, waited, sent, deadline);
                 }
                 Err(_elapsed) => {
                     entry.metrics().upstream_error("timeout");
@@ -687,23 +671,7 @@ impl Proxy {
                     lease.exhausted();
                 }
                 Ok(Ok(response)) => {
-                    entry
-                        .metrics()
-                        .proxy_latency
-                        .observe(sent.elapsed().as_secs_f64());
-                    let (mut head, body) = response.into_parts();
-                    forward_response(&mut head.headers);
-                    if let Some(waited) = waited
-                        && let Ok(value) =
-                            HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
-                    {
-                        head.headers.insert(THAW_COLD_START, value);
-                    }
-                    entry.metrics().response(head.status);
-                    return Response::from_parts(
-                        head,
-                        ResponseBody::upstream(body, lease, deadline),
-                    );
+                    return relay(&entry, response, lease, waited, sent, deadline);
                 }
                 Err(_elapsed) => {
                     entry.metrics().upstream_error("timeout");
@@ -770,6 +738,32 @@ impl Proxy {
         self.metrics.unrouted(status);
         json_response(status, &body)
     }
+}
+
+/// The instance's answer on its way to the client: latency and status
+/// counted, hop headers rewritten, the cold-start wait shown, and the body
+/// streamed with the lease held until it ends.
+fn relay(
+    entry: &Arc<Entry>,
+    response: Response<Incoming>,
+    lease: Lease,
+    waited: Option<Duration>,
+    sent: Instant,
+    deadline: Instant,
+) -> Answer {
+    entry
+        .metrics()
+        .proxy_latency
+        .observe(sent.elapsed().as_secs_f64());
+    let (mut head, body) = response.into_parts();
+    forward_response(&mut head.headers);
+    if let Some(waited) = waited
+        && let Ok(value) = HeaderValue::from_str(&format!("{}ms", waited.as_millis()))
+    {
+        head.headers.insert(THAW_COLD_START, value);
+    }
+    entry.metrics().response(head.status);
+    Response::from_parts(head, ResponseBody::upstream(body, lease, deadline))
 }
 
 /// The answer when a body to be kept for maxRequestsPerInstance could not be
