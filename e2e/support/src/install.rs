@@ -490,3 +490,41 @@ pub async fn chart_args(
     }
     Ok(runnable)
 }
+
+/// A test's Functions namespace with thaw installed for it by the chart in a
+/// namespace of its own (the chart's ServiceAccounts and RBAC, no replicas)
+/// and its operator and activator run as those ServiceAccounts
+/// ([`ChartThaw`], [`Mode::OneNamespace`]). Fields drop in order:
+/// processes, release, namespaces.
+pub struct ChartSetup {
+    pub chart: ChartThaw,
+    pub release: Release,
+    pub system: TestNamespace,
+    pub ns: TestNamespace,
+    pub cluster: Cluster,
+}
+
+impl ChartSetup {
+    pub async fn new(prefix: &str) -> Result<ChartSetup> {
+        let cluster = Cluster::shared().await?;
+        cluster.install_function_crd().await?;
+        let ns = cluster.namespace(prefix).await?;
+        let system = cluster.namespace(&format!("{prefix}-sys")).await?;
+        let watch = format!("watchNamespaces={{{}}}", ns.name);
+        let release = Release::install(
+            &cluster,
+            &format!("thaw-{}", ns.name),
+            &system.name,
+            &["operator.replicas=0", "activator.replicas=0", &watch],
+        )
+        .await?;
+        let chart = ChartThaw::start(&cluster, &release, &ns, Mode::OneNamespace).await?;
+        Ok(ChartSetup {
+            chart,
+            release,
+            system,
+            ns,
+            cluster,
+        })
+    }
+}

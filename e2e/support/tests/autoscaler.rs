@@ -15,54 +15,32 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use serde_json::json;
 use thaw_api::Function;
 use thaw_e2e::{
-    Cluster, TestNamespace,
     functions::{apply_function, instance_pods, is_ready},
     http::{self, Reply},
-    install::{ChartThaw, Mode, Release},
+    install::ChartSetup,
     metrics::metric_sum,
     wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One test's world: a namespace for its Functions, and thaw installed by the
-/// chart in a namespace of its own, running with the tokens of the chart's
-/// ServiceAccounts (namespaced RBAC), so a permission the chart forgot fails
-/// these scenarios. Fields drop in order: processes, release, namespaces.
-struct Setup {
-    chart: ChartThaw,
-    _release: Release,
-    _system: TestNamespace,
-    ns: TestNamespace,
+/// thaw installed by the chart for this test ([`ChartSetup`]).
+struct Setup(ChartSetup);
+
+impl std::ops::Deref for Setup {
+    type Target = ChartSetup;
+    fn deref(&self) -> &ChartSetup {
+        &self.0
+    }
 }
 
 impl Setup {
     async fn new(prefix: &str) -> Setup {
-        let cluster = Cluster::shared().await.expect("cluster");
-        cluster.install_function_crd().await.expect("CRD");
-        let ns = cluster.namespace(prefix).await.expect("namespace");
-        let system = cluster
-            .namespace(&format!("{prefix}-sys"))
-            .await
-            .expect("namespace");
-        let watch = format!("watchNamespaces={{{}}}", ns.name);
-        let release = Release::install(
-            &cluster,
-            &format!("thaw-{}", ns.name),
-            &system.name,
-            &["operator.replicas=0", "activator.replicas=0", &watch],
+        Setup(
+            ChartSetup::new(prefix)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}")),
         )
-        .await
-        .expect("helm install");
-        let chart = ChartThaw::start(&cluster, &release, &ns, Mode::OneNamespace)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Setup {
-            chart,
-            _release: release,
-            _system: system,
-            ns,
-        }
     }
 
     fn logs(&self) -> String {

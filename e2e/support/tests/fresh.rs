@@ -18,11 +18,11 @@ use kube::{
 use serde_json::json;
 use thaw_api::{Function, keys::DRAINING_SINCE_ANNOTATION};
 use thaw_e2e::{
-    Cluster, TestNamespace,
+    Cluster,
     fixtures::sample_image,
     functions::{apply_function, instance_pods, is_ready},
     http::{self, Reply},
-    install::{ChartThaw, Mode, Release},
+    install::ChartSetup,
     process::{Activator, Operator},
     wait_until,
 };
@@ -32,44 +32,23 @@ const WAIT: Duration = Duration::from_secs(60);
 /// itself goes to docs/benchmarks.md.
 const GONE_WITHIN: Duration = Duration::from_secs(30);
 
-/// A namespace for the Functions, and thaw installed by the chart in one of
-/// its own. Fields drop in order: processes, release, namespaces.
-struct Setup {
-    chart: ChartThaw,
-    _release: Release,
-    _system: TestNamespace,
-    ns: TestNamespace,
-    cluster: Cluster,
+/// thaw installed by the chart for this test ([`ChartSetup`]).
+struct Setup(ChartSetup);
+
+impl std::ops::Deref for Setup {
+    type Target = ChartSetup;
+    fn deref(&self) -> &ChartSetup {
+        &self.0
+    }
 }
 
 impl Setup {
     async fn new(prefix: &str) -> Setup {
-        let cluster = Cluster::shared().await.expect("cluster");
-        cluster.install_function_crd().await.expect("CRD");
-        let ns = cluster.namespace(prefix).await.expect("namespace");
-        let system = cluster
-            .namespace(&format!("{prefix}-sys"))
-            .await
-            .expect("namespace");
-        let watch = format!("watchNamespaces={{{}}}", ns.name);
-        let release = Release::install(
-            &cluster,
-            &format!("thaw-{}", ns.name),
-            &system.name,
-            &["operator.replicas=0", "activator.replicas=0", &watch],
+        Setup(
+            ChartSetup::new(prefix)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}")),
         )
-        .await
-        .expect("helm install");
-        let chart = ChartThaw::start(&cluster, &release, &ns, Mode::OneNamespace)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Setup {
-            chart,
-            _release: release,
-            _system: system,
-            ns,
-            cluster,
-        }
     }
 
     async fn apply(&self, name: &str, spec: serde_json::Value) {

@@ -18,49 +18,29 @@ use thaw_e2e::{
     Cluster, Operator, TestNamespace,
     functions::{apply_function, instance_pods},
     http,
-    install::{ChartThaw, Mode, Release, STATS_AUDIENCE, request_token},
+    install::{ChartSetup, STATS_AUDIENCE, request_token},
     wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Fields drop in order: processes, release, namespaces.
-struct Setup {
-    chart: ChartThaw,
-    release: Release,
-    _system: TestNamespace,
-    ns: TestNamespace,
-    cluster: Cluster,
+/// thaw installed by the chart for this test ([`ChartSetup`]).
+struct Setup(ChartSetup);
+
+impl std::ops::Deref for Setup {
+    type Target = ChartSetup;
+    fn deref(&self) -> &ChartSetup {
+        &self.0
+    }
 }
 
 impl Setup {
     async fn new(prefix: &str) -> Setup {
-        let cluster = Cluster::shared().await.expect("cluster");
-        cluster.install_function_crd().await.expect("CRD");
-        let ns = cluster.namespace(prefix).await.expect("namespace");
-        let system = cluster
-            .namespace(&format!("{prefix}-sys"))
-            .await
-            .expect("namespace");
-        let watch = format!("watchNamespaces={{{}}}", ns.name);
-        let release = Release::install(
-            &cluster,
-            &format!("thaw-{}", ns.name),
-            &system.name,
-            &["operator.replicas=0", "activator.replicas=0", &watch],
+        Setup(
+            ChartSetup::new(prefix)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}")),
         )
-        .await
-        .expect("helm install");
-        let chart = ChartThaw::start(&cluster, &release, &ns, Mode::OneNamespace)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        Setup {
-            chart,
-            release,
-            _system: system,
-            ns,
-            cluster: cluster.clone(),
-        }
     }
 
     fn logs(&self) -> String {
