@@ -30,7 +30,7 @@ use crate::{
     context::{Context, FIELD_MANAGER},
     error::Error,
     pod::instance_pod,
-    wallclock::{round_to_second, round_up_to_second, wall_at},
+    wallclock::{round_to_second, wall_at},
 };
 
 /// Annotations are rewritten only when they move more than this, so a
@@ -250,11 +250,9 @@ pub async fn annotate_expiries(
         };
         let current: BTreeMap<String, String> =
             pod.metadata.annotations.clone().unwrap_or_default();
-        let wall_of = |at: Option<Instant>| at.map(|at| wall_at(at, now, wall));
-        // Idle-since rounds down and the expiry up, so neither claims more
-        // than is true: an instance is never shown expiring before it does.
-        let idle_since = wall_of(expiry.idle_since).map(round_to_second);
-        let expires_at = wall_of(expiry.expires_at).map(round_up_to_second);
+        let wanted = |at: Option<Instant>| at.map(|at| round_to_second(wall_at(at, now, wall)));
+        let idle_since = wanted(expiry.idle_since);
+        let expires_at = wanted(expiry.expires_at);
         let kept = expiry
             .held
             .filter(|_| expiry.idle_since.is_some())
@@ -333,6 +331,19 @@ pub async fn publish(
 mod tests {
     use super::*;
     use k8s_openapi::jiff::SignedDuration;
+
+    #[test]
+    fn a_later_expiry_is_always_written_an_earlier_one_only_past_the_slack() {
+        let t: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        let shown = t.to_string();
+        let one_later = t + SignedDuration::from_secs(1);
+        assert!(close_enough(Some(&shown), Some(one_later)), "within slack");
+        assert!(later(Some(&shown), Some(one_later)), "but later: written");
+        let one_earlier = t - SignedDuration::from_secs(1);
+        assert!(!later(Some(&shown), Some(one_earlier)));
+        assert!(close_enough(Some(&shown), Some(one_earlier)), "left");
+        assert!(!later(None, Some(t)) && !later(Some(&shown), None));
+    }
 
     #[test]
     fn annotation_slack_ignores_jitter_only() {

@@ -29,32 +29,9 @@ pub fn round_to_second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
-/// `t` rounded up to the next whole second (unchanged if whole): an
-/// announced expiry is never earlier than the real one.
-pub fn round_up_to_second(t: Timestamp) -> Timestamp {
-    let down = round_to_second(t);
-    if down == t {
-        t
-    } else {
-        down.checked_add(SignedDuration::from_secs(1)).unwrap_or(t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expiries_round_up_and_only_fractions_move() {
-        let whole = Timestamp::from_second(1_000).unwrap();
-        assert_eq!(round_up_to_second(whole), whole);
-        let frac = whole.checked_add(SignedDuration::from_millis(1)).unwrap();
-        assert_eq!(
-            round_up_to_second(frac),
-            Timestamp::from_second(1_001).unwrap()
-        );
-        assert_eq!(round_to_second(frac), whole);
-    }
 
     #[test]
     fn wall_and_monotonic_times_convert_both_ways() {
