@@ -20,10 +20,21 @@ pub fn thaw_binary() -> PathBuf {
     target.join("debug/thaw")
 }
 
-/// A free loopback port (the listener is closed before it is used; tests
-/// are the only thing binding loopback ports here).
+/// A free loopback port for a process to listen on (the listener is closed
+/// before it is used). Picked below the kernel's ephemeral range (32768 up),
+/// not by binding port 0: an ephemeral port can be taken as the source port
+/// of any outgoing connection in the gap before the process binds it, and
+/// that failed a restart once. Above the local cluster's fixed ports.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use rand::RngExt as _;
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let port = rng.random_range(24_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in 24000-32000 after 200 tries")
 }
 
 /// Starts `thaw <subcommand> --kubeconfig <kubeconfig> <args>`, logging

@@ -418,9 +418,7 @@ async fn dev_kind_prints_a_curl_that_cold_starts_hello() -> Result<()> {
     let cluster = Cluster::shared().await?;
     let _cleanup = DeleteOnDrop("manifests/examples/hello.yaml");
     let _forward = StopForward;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = thaw_e2e::process::free_port()?;
     let out = sh(&format!("THAW_DEV_PORT={port} bash e2e/kind/dev.sh")).await?;
     let curl = format!("curl -i http://127.0.0.1:{port}/fn/default/hello/");
     ensure!(out.contains(&curl), "no `{curl}` in:\n{out}");
