@@ -259,7 +259,6 @@ pub async fn annotate_expiries(
             .map(|hold| hold.to_string());
         if close_enough(current.get(IDLE_SINCE_ANNOTATION), idle_since)
             && close_enough(current.get(EXPIRES_AT_ANNOTATION), expires_at)
-            && !later(current.get(EXPIRES_AT_ANNOTATION), expires_at)
             && current.get(KEPT_ANNOTATION) == kept.as_ref()
         {
             continue;
@@ -277,17 +276,6 @@ pub async fn annotate_expiries(
             })?;
     }
     Ok(())
-}
-
-/// The wanted expiry is later than the one shown: always rewritten (at most
-/// once per second of movement), so a later request on the instance, e.g.
-/// through another activator whose report came second, never leaves an
-/// earlier expiry on display. Small moves the other way stay within slack.
-fn later(current: Option<&String>, wanted: Option<Timestamp>) -> bool {
-    match (current.and_then(|c| c.parse::<Timestamp>().ok()), wanted) {
-        (Some(current), Some(wanted)) => wanted > current,
-        _ => false,
-    }
 }
 
 fn close_enough(current: Option<&String>, wanted: Option<Timestamp>) -> bool {
@@ -331,19 +319,6 @@ pub async fn publish(
 mod tests {
     use super::*;
     use k8s_openapi::jiff::SignedDuration;
-
-    #[test]
-    fn a_later_expiry_is_always_written_an_earlier_one_only_past_the_slack() {
-        let t: Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
-        let shown = t.to_string();
-        let one_later = t + SignedDuration::from_secs(1);
-        assert!(close_enough(Some(&shown), Some(one_later)), "within slack");
-        assert!(later(Some(&shown), Some(one_later)), "but later: written");
-        let one_earlier = t - SignedDuration::from_secs(1);
-        assert!(!later(Some(&shown), Some(one_earlier)));
-        assert!(close_enough(Some(&shown), Some(one_earlier)), "left");
-        assert!(!later(None, Some(t)) && !later(Some(&shown), None));
-    }
 
     #[test]
     fn annotation_slack_ignores_jitter_only() {
