@@ -324,15 +324,22 @@ async fn a_request_longer_than_the_timeout_is_cut_with_504() -> Result<()> {
 }
 
 /// Writes `bytes` on a new connection and reads what comes back until the
-/// server closes or `wait` passes.
+/// server closes or `wait` passes. The writing runs beside the reading and
+/// its errors are ignored: a server refusing an oversized request answers
+/// and closes before it has read it all, which breaks the rest of the write.
 async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(bytes).await?;
+    let stream = TcpStream::connect(addr).await?;
+    let (mut reader, mut writer) = stream.into_split();
+    let bytes = bytes.to_vec();
+    let write = tokio::spawn(async move {
+        let _ = writer.write_all(&bytes).await;
+        writer
+    });
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let read = tokio::time::timeout(wait, async {
         loop {
-            match stream.read(&mut buf).await {
+            match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     out.extend_from_slice(&buf[..n]);
@@ -344,6 +351,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Result<String> {
         }
     })
     .await;
+    write.abort();
     ensure!(read.is_ok() || !out.is_empty(), "no answer within {wait:?}");
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
@@ -394,7 +402,7 @@ async fn bad_input_is_answered_and_the_activators_keep_serving() -> Result<()> {
             "a header over the default 64 KiB",
             format!(
                 "GET / HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\n\r\n",
-                "a".repeat(100_000)
+                "a".repeat(70_000)
             )
             .into_bytes(),
             "HTTP/1.1 431",
