@@ -400,6 +400,8 @@ pub struct Scenario {
 impl Scenario {
     pub async fn new(prefix: &str) -> Result<Arc<Scenario>> {
         let cluster = Cluster::shared().await?;
+        // After an install or a rollout: every replica serving first.
+        wait_for_topology(&cluster, 2, 2).await?;
         let ns = restricted_namespace(&cluster, prefix).await?;
         let addr = activator_node_port(&cluster).await?;
         Ok(Arc::new(Scenario { cluster, ns, addr }))

@@ -719,8 +719,7 @@ async fn max_instances_caps_the_pool_and_the_rest_waits() -> Result<()> {
     Ok(())
 }
 
-/// Waves of requests with gaps longer than the keep-alive between some of
-/// them: instances start and are reaped while requests keep coming, and
+/// Waves of requests, every third one after the pool has been reaped: instances start and are reaped while requests keep coming, and
 /// not one request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reaping_under_steady_load_loses_no_request() -> Result<()> {
@@ -741,9 +740,20 @@ async fn reaping_under_steady_load_loses_no_request() -> Result<()> {
                 Err(e) => failed.push(format!("{e:#}")),
             }
         }
-        // The gaps are the load's shape (the input under test), not a wait.
-        let gap = if wave % 3 == 0 { 2500 } else { 200 };
-        tokio::time::sleep(Duration::from_millis(gap)).await;
+        // Every third wave, a pause until the pool has been reaped (every
+        // instance draining or gone), so the next wave meets reaping.
+        if wave % 3 == 0 {
+            wait_until("the pool reaped between waves", WAIT, || async {
+                let live = s
+                    .pods("fn")
+                    .await?
+                    .iter()
+                    .filter(|p| annotation(p, DRAINING_SINCE_ANNOTATION).is_none())
+                    .count();
+                Ok((live == 0).then_some(()))
+            })
+            .await?;
+        }
     }
     let reaped = reaps(&s).await? - reaps_before;
     eprintln!("{sent} requests, {} failed, {reaped} reaps", failed.len());
