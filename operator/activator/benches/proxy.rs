@@ -32,6 +32,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod floor;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -188,6 +190,19 @@ fn start_activator(
     }
     let child = spawn(binary, &args, &env, Stdio::null());
     (Process(child), http, args)
+}
+
+/// A floor proxy (`floor.rs`): this bench binary again, in the role asked.
+fn start_floor(role: &str, hello: SocketAddr) -> (Process, SocketAddr) {
+    let listen = free_addr();
+    let binary = std::env::current_exe().unwrap();
+    let env = [
+        ("BENCH_ROLE", role.to_owned()),
+        ("BENCH_LISTEN", listen.to_string()),
+        ("BENCH_UPSTREAM", hello.to_string()),
+    ];
+    let child = spawn(&binary.to_string_lossy(), &[], &env, Stdio::null());
+    (Process(child), listen)
 }
 
 /// haproxy as users would run it in front of a keep-alive backend: two
@@ -516,6 +531,28 @@ fn setup(runtime: &tokio::runtime::Runtime) -> Setup {
         },
     ];
     let mut processes = vec![activator, gate, haproxy];
+    // hyper's own floor, informative: `BENCH_FLOORS` (default all three).
+    for floor in std::env::var("BENCH_FLOORS")
+        .unwrap_or_else(|_| "pool,percore,affine".into())
+        .split(',')
+        .filter(|f| !f.is_empty())
+    {
+        let (name, role): (&'static str, &str) = match floor {
+            "pool" => ("hyper floor: pool", "floor-pool"),
+            "percore" => ("hyper floor: per core", "floor-percore"),
+            "affine" => ("hyper floor: per core, affine", "floor-affine"),
+            "affine-mt" => ("hyper floor: affine", "floor-affine-mt"),
+            other => panic!("BENCH_FLOORS: unknown floor {other}"),
+        };
+        let (process, addr) = start_floor(role, hello_addr);
+        targets.push(Target {
+            name,
+            addr,
+            host: "hello",
+            proxies: vec![process.pid()],
+        });
+        processes.push(process);
+    }
     // Another build of thaw side by side, to measure a change interleaved.
     if let Ok(binary) = std::env::var("BENCH_BASELINE_THAW") {
         let (baseline, addr, _) = start_activator(&binary, hello_addr, gate_addr);
@@ -566,6 +603,7 @@ fn handler_name(sleep_ms: u64) -> String {
 }
 
 fn main() {
+    floor::run_if_asked();
     // One load-generator thread: the machine's other core is for the
     // servers (hello alone directly; the proxy and hello through one).
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
-use crate::{conn::InRequest, registry::Lease};
+use crate::{conn::InRequest, registry::Lease, upstream::Checkout};
 
 /// Why a request body was cut.
 #[derive(Debug)]
@@ -230,6 +230,8 @@ pub struct Upstream {
     body: Incoming,
     /// The request's slot on the instance, held until the body ends.
     lease: Option<Lease>,
+    /// The instance connection, given back with the lease.
+    checkout: Option<Checkout>,
     deadline: Instant,
     /// Made the first time the body makes us wait.
     timer: Option<Pin<Box<Sleep>>>,
@@ -265,12 +267,18 @@ impl ResponseBody {
     }
 
     /// `body` from the instance `lease` points at, cut at `deadline`.
-    pub fn upstream(body: Incoming, lease: Lease, deadline: Instant) -> Self {
-        let lease = (!body.is_end_stream()).then_some(lease);
+    pub fn upstream(
+        body: Incoming,
+        lease: Lease,
+        checkout: Option<Checkout>,
+        deadline: Instant,
+    ) -> Self {
+        let held = !body.is_end_stream();
         Self {
             kind: Kind::Upstream(Box::new(Upstream {
                 body,
-                lease,
+                lease: held.then_some(lease),
+                checkout: checkout.filter(|_| held),
                 deadline,
                 timer: None,
             })),
@@ -299,8 +307,10 @@ impl Body for ResponseBody {
                     Poll::Ready(frame) => {
                         if upstream.lease.is_none() || Instant::now() < upstream.deadline {
                             if !matches!(frame, Some(Ok(_))) {
-                                // The end, or the instance failed: the slot is free.
+                                // The end, or the instance failed: the slot
+                                // and the connection are free.
                                 upstream.lease = None;
+                                upstream.checkout = None;
                             }
                             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
                         }
@@ -319,6 +329,7 @@ impl Body for ResponseBody {
                 };
                 if expired {
                     upstream.lease = None;
+                    upstream.checkout = None;
                     return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
                 }
                 Poll::Pending

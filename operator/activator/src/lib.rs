@@ -34,6 +34,7 @@ pub mod route;
 pub mod run;
 pub mod throttle;
 pub mod token;
+pub mod upstream;
 pub mod watch;
 
 pub use proxy::ProxyOptions;

@@ -47,11 +47,17 @@ pub fn next_interval(previous: Duration, elapsed: Duration) -> Duration {
 /// Longest one probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Starts probers as tokio tasks.
+/// Starts probers as tokio tasks, on the runtime this is called on (the
+/// main one), whichever proxy worker asks for a probe.
 pub fn spawner() -> SpawnProbe {
-    Box::new(|entry, instance| {
-        tokio::spawn(run(entry, instance));
-    })
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => Box::new(move |entry, instance| {
+            runtime.spawn(run(entry, instance));
+        }),
+        Err(_) => Box::new(|entry, instance| {
+            tokio::spawn(run(entry, instance));
+        }),
+    }
 }
 
 /// Probes `instance` until it answers (or no longer needs probing).

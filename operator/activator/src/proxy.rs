@@ -11,7 +11,8 @@ use std::{
     cell::Cell,
     convert::Infallible,
     future::Future,
-    net::IpAddr,
+    io,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -36,7 +37,7 @@ use hyper_util::{
 use serde_json::{Value, json};
 use thaw_core::GoStyle;
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
     time::{Instant, timeout_at},
 };
 use tracing::{debug, warn};
@@ -49,10 +50,26 @@ use crate::{
     overload::ConnectionLimit,
     registry::{Admission, Entry, Lease, Registry},
     route::{Route, Router},
+    upstream::{self, Checkout, Pool, SendError, Upstreams},
 };
 
 /// Attempts to connect to an instance per request before it gets 502.
 const MAX_CONNECT_ATTEMPTS: u32 = 5;
+
+/// Connections waiting to be accepted, per worker.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// The shared keep-alive pool to instances (one per worker).
+fn pool(options: &ProxyOptions) -> Pool {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(options.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(options.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
 
 /// How the proxy treats clients and instances.
 #[derive(Clone, Debug)]
@@ -81,6 +98,9 @@ pub struct ProxyOptions {
     /// Most requests waiting for an instance across every function; one
     /// more gets 503 with Retry-After.
     pub max_queued: usize,
+    /// Threads serving clients, each with its own listener and instance
+    /// pool; 0 means one per available core.
+    pub workers: usize,
 }
 
 impl Default for ProxyOptions {
@@ -97,6 +117,7 @@ impl Default for ProxyOptions {
             pool_idle_timeout: Duration::from_secs(30),
             max_connections: 20_000,
             max_queued: 10_000,
+            workers: 0,
         }
     }
 }
@@ -105,7 +126,7 @@ impl Default for ProxyOptions {
 pub struct Proxy {
     router: Router,
     registry: Arc<Registry>,
-    client: Client<HttpConnector, RequestBody>,
+    client: Pool,
     options: ProxyOptions,
     /// The watch caches are complete: a function missing from them really
     /// does not exist.
@@ -114,11 +135,21 @@ pub struct Proxy {
     /// so keep-alive clients move to another replica while this one still
     /// serves.
     closing: Arc<AtomicBool>,
+    /// Open client connections, across every worker.
+    connections: ConnectionLimit,
     metrics: Metrics,
 }
 
 /// An answer already decided (an error, usually).
 type Answer = Response<ResponseBody>;
+
+/// How a request travels once placed: on which connections, and its times.
+#[derive(Clone, Copy)]
+struct Path<'a> {
+    via: Option<&'a Upstreams>,
+    arrival: Instant,
+    deadline: Instant,
+}
 
 impl Proxy {
     pub fn new(
@@ -126,25 +157,113 @@ impl Proxy {
         options: ProxyOptions,
         synced: Arc<AtomicBool>,
     ) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(options.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let metrics = registry.shared().metrics.clone();
         registry.shared().queue.set_max(options.max_queued);
         Arc::new(Self {
             router: Router::new(&options.domain),
             registry,
-            client,
+            client: pool(&options),
+            connections: ConnectionLimit::new(options.max_connections),
             options,
             synced,
             closing: Arc::new(AtomicBool::new(false)),
             metrics,
         })
+    }
+
+    /// Another worker's proxy: everything shared but the instance pool,
+    /// whose connections live on the worker's own runtime.
+    fn sibling(&self) -> Arc<Self> {
+        Arc::new(Self {
+            router: Router::new(&self.options.domain),
+            registry: self.registry.clone(),
+            client: pool(&self.options),
+            connections: self.connections.clone(),
+            options: self.options.clone(),
+            synced: self.synced.clone(),
+            closing: self.closing.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// The listeners for [`Self::serve_workers`]: one per worker (see
+    /// [`ProxyOptions::workers`]), all on `addr` with `SO_REUSEPORT`, so
+    /// the kernel spreads new connections over them. Each listens at once;
+    /// call it inside a tokio runtime.
+    pub fn bind(&self, addr: SocketAddr) -> io::Result<Vec<std::net::TcpListener>> {
+        let workers = match self.options.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let mut sockets = Vec::with_capacity(workers);
+        let mut addr = addr;
+        for _ in 0..workers {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            // Port 0: the others join the port the first one got.
+            addr = socket.local_addr()?;
+            // Registered with a worker's runtime once there.
+            sockets.push(socket.listen(LISTEN_BACKLOG)?.into_std()?);
+        }
+        Ok(sockets)
+    }
+
+    /// Serves on `sockets` (from [`Self::bind`]), each on a thread of its
+    /// own with a current-thread runtime, until `shutdown` completes; then
+    /// every worker stops accepting and finishes its open requests. A
+    /// request stays on the thread that accepted its connection, from the
+    /// client to the instance and back (docs/benchmarks.md).
+    pub async fn serve_workers(
+        self: Arc<Self>,
+        sockets: Vec<std::net::TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut finished = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let proxy = if index == 0 {
+                self.clone()
+            } else {
+                self.sibling()
+            };
+            let mut stop = stop_rx.clone();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("thaw-proxy-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(socket) {
+                            Ok(listener) => listener,
+                            Err(error) => {
+                                warn!(%error, worker = index, "listening");
+                                return;
+                            }
+                        };
+                        let stopped = async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        };
+                        proxy.serve(listener, stopped).await;
+                    });
+                    drop(done_tx);
+                })?;
+            finished.push(done_rx);
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for done in finished {
+            // Dropped when the worker is done (or panicked).
+            let _ = done.await;
+        }
+        Ok(())
     }
 
     /// Starts closing keep-alive connections: each one's next answer carries
@@ -179,7 +298,7 @@ impl Proxy {
             .keep_alive_interval(Duration::from_secs(30));
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
-        let connections = ConnectionLimit::new(self.options.max_connections);
+        let connections = &self.connections;
         let timeout_body = Arc::new(error_bytes(&json!({
             "error": format!(
                 "the request headers did not arrive within {}",
@@ -211,12 +330,15 @@ impl Proxy {
             let (io, handle) = conn::track(stream);
             let proxy = self.clone();
             let head_done = handle.head_done();
+            let upstreams = Upstreams::new();
+            let connection_upstreams = upstreams.clone();
             let service = service_fn(move |req| {
                 let serving = head_done.mark();
                 let proxy = proxy.clone();
+                let http1 = req.version() <= Version::HTTP_11;
+                let via = upstreams.affine(http1).then(|| upstreams.clone());
                 async move {
-                    let http1 = req.version() <= Version::HTTP_11;
-                    let mut response = proxy.clone().handle(req, peer.ip()).await;
+                    let mut response = proxy.clone().handle(req, peer.ip(), via).await;
                     if http1 && proxy.closing.load(Ordering::Acquire) {
                         response
                             .headers_mut()
@@ -238,6 +360,7 @@ impl Proxy {
                 let ended = tokio::select! {
                     result = conn => Ok(result),
                     expired = handle.watch(head_timeout, idle_timeout) => Err(expired),
+                    never = connection_upstreams.drive() => match never {},
                 };
                 match ended {
                     Err(conn::Expired::Head) => handle.header_timeout(&timeout_body).await,
@@ -263,7 +386,14 @@ impl Proxy {
     }
 
     /// One request, from arrival to the response head (the body streams on).
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: IpAddr) -> Answer {
+    /// `via`: the client connection's own instance connections, when it
+    /// may use them (crate::upstream); the shared pool otherwise.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        via: Option<Upstreams>,
+    ) -> Answer {
         let arrival = Instant::now();
         let host = match host_of(&req) {
             Ok(host) => host,
@@ -328,10 +458,13 @@ impl Proxy {
             Ok(acquired) => acquired,
             Err(answer) => return answer,
         };
-        self.forward(
-            entry, route, req, host, peer, lease, waited, arrival, deadline,
-        )
-        .await
+        let path = Path {
+            via: via.as_ref(),
+            arrival,
+            deadline,
+        };
+        self.forward(entry, route, req, host, peer, lease, waited, path)
+            .await
     }
 
     /// A slot for the request: at once, or after waiting in the queue.
@@ -437,9 +570,11 @@ impl Proxy {
         peer: IpAddr,
         mut lease: Lease,
         mut waited: Option<Duration>,
-        arrival: Instant,
-        deadline: Instant,
+        at: Path<'_>,
     ) -> Answer {
+        let Path {
+            arrival, deadline, ..
+        } = at;
         let (mut parts, body) = req.into_parts();
         let path = route
             .path
@@ -462,10 +597,8 @@ impl Proxy {
                     if let Ok(value) = HeaderValue::from_str(&bytes.len().to_string()) {
                         parts.headers.insert(CONTENT_LENGTH, value);
                     }
-                    self.forward_buffered(
-                        entry, route, parts, path, bytes, lease, waited, arrival, deadline,
-                    )
-                    .await
+                    self.forward_buffered(entry, route, parts, path, bytes, lease, waited, at)
+                        .await
                 }
                 Err(error) => buffer_failed(&entry, &route, &error),
             };
@@ -480,8 +613,7 @@ impl Proxy {
                     bytes::Bytes::new(),
                     lease,
                     waited,
-                    arrival,
-                    deadline,
+                    at,
                 )
                 .await;
         }
@@ -512,14 +644,12 @@ impl Proxy {
                 _ => RequestBody::empty(),
             };
             let sent = Instant::now();
-            let result = timeout_at(
-                deadline,
-                self.client
-                    .request(Request::from_parts(upstream, request_body)),
-            )
-            .await;
+            let request = Request::from_parts(upstream, request_body);
+            let result = timeout_at(deadline, self.send(at.via, &lease, request)).await;
             match result {
-                Ok(Ok(response)) if fresh::is_exhausted(response.status(), response.headers()) => {
+                Ok(Ok((response, _)))
+                    if fresh::is_exhausted(response.status(), response.headers()) =>
+                {
                     // Streamed (not replayable): the instance refused it
                     // before reading it, but the body cannot be sent again.
                     lease.exhausted();
@@ -537,8 +667,8 @@ impl Proxy {
                         .insert(RETRY_AFTER, HeaderValue::from_static("1"));
                     return answer;
                 }
-                Ok(Ok(response)) => {
-                    return relay(&entry, response, lease, waited, sent, deadline);
+                Ok(Ok((response, checkout))) => {
+                    return relay(&entry, response, lease, checkout, waited, sent, deadline);
                 }
                 Err(_elapsed) => {
                     entry.metrics().upstream_error("timeout");
@@ -646,9 +776,11 @@ impl Proxy {
         bytes: bytes::Bytes,
         mut lease: Lease,
         mut waited: Option<Duration>,
-        arrival: Instant,
-        deadline: Instant,
+        at: Path<'_>,
     ) -> Answer {
+        let Path {
+            arrival, deadline, ..
+        } = at;
         let mut connect_failures = 0;
         loop {
             let mut upstream = parts.clone();
@@ -664,14 +796,16 @@ impl Proxy {
             };
             let sent = Instant::now();
             let request = Request::from_parts(upstream, RequestBody::buffered(bytes.clone()));
-            let result = timeout_at(deadline, self.client.request(request)).await;
+            let result = timeout_at(deadline, self.send(at.via, &lease, request)).await;
             match result {
-                Ok(Ok(response)) if fresh::is_exhausted(response.status(), response.headers()) => {
+                Ok(Ok((response, _)))
+                    if fresh::is_exhausted(response.status(), response.headers()) =>
+                {
                     debug!(function = %route, pod = lease.pod(), "instance exhausted; placing the request again");
                     lease.exhausted();
                 }
-                Ok(Ok(response)) => {
-                    return relay(&entry, response, lease, waited, sent, deadline);
+                Ok(Ok((response, checkout))) => {
+                    return relay(&entry, response, lease, checkout, waited, sent, deadline);
                 }
                 Err(_elapsed) => {
                     entry.metrics().upstream_error("timeout");
@@ -713,6 +847,28 @@ impl Proxy {
         }
     }
 
+    /// One attempt to send `request` to the instance `lease` points at.
+    async fn send(
+        &self,
+        via: Option<&Upstreams>,
+        lease: &Lease,
+        request: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Checkout>), SendError> {
+        match via {
+            Some(upstreams) => upstreams
+                .send(
+                    lease.addr(),
+                    lease.authority(),
+                    request,
+                    self.options.connect_timeout,
+                    self.options.pool_idle_timeout,
+                )
+                .await
+                .map(|(response, checkout)| (response, Some(checkout))),
+            None => upstream::pooled(&self.client, request).await,
+        }
+    }
+
     fn timed_out(&self, entry: &Arc<Entry>, route: &Route) -> Answer {
         let timeout = entry.config().map(|c| c.timeout).unwrap_or_default();
         answer(
@@ -747,6 +903,7 @@ fn relay(
     entry: &Arc<Entry>,
     response: Response<Incoming>,
     lease: Lease,
+    checkout: Option<Checkout>,
     waited: Option<Duration>,
     sent: Instant,
     deadline: Instant,
@@ -763,7 +920,10 @@ fn relay(
         head.headers.insert(THAW_COLD_START, value);
     }
     entry.metrics().response(head.status);
-    Response::from_parts(head, ResponseBody::upstream(body, lease, deadline))
+    Response::from_parts(
+        head,
+        ResponseBody::upstream(body, lease, checkout, deadline),
+    )
 }
 
 /// The answer when a body to be kept for maxRequestsPerInstance could not be

@@ -128,8 +128,9 @@ pub async fn run(
     let synced = Arc::new(Synced::default());
     let stopping = Arc::new(AtomicBool::new(false));
 
-    let proxy_listener = TcpListener::bind(options.http_addr)
-        .await
+    let proxy = Proxy::new(registry.clone(), options.proxy.clone(), synced.all.clone());
+    let proxy_sockets = proxy
+        .bind(options.http_addr)
         .with_context(|| format!("binding --http-addr {}", options.http_addr))?;
     let admin_listener = TcpListener::bind(options.admin_addr)
         .await
@@ -138,6 +139,7 @@ pub async fn run(
         id = %options.id,
         http = %options.http_addr,
         admin = %options.admin_addr,
+        workers = proxy_sockets.len(),
         namespace = options.watch_namespace.as_deref().unwrap_or("<all>"),
         "activator starting"
     );
@@ -182,7 +184,6 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = channel::channel(false);
-    let proxy = Proxy::new(registry.clone(), options.proxy.clone(), synced.all.clone());
     // Shutdown in two steps: first readiness goes false and keep-alive
     // clients are told to reconnect while this replica still serves
     // (endpoints and load balancers take a while to drop it); after
@@ -198,7 +199,7 @@ pub async fn run(
             let _ = stop_tx.send(true);
         }
     };
-    let serving = proxy.serve(proxy_listener, signal);
+    let serving = proxy.serve_workers(proxy_sockets, signal);
     let stop_at = std::sync::OnceLock::new();
     let drain_limit = async {
         stopped(stop_rx).await;
@@ -207,7 +208,10 @@ pub async fn run(
         tokio::time::sleep(options.drain_timeout).await;
     };
     let drained = tokio::select! {
-        () = serving => true,
+        served = serving => {
+            served.context("starting the proxy workers")?;
+            true
+        }
         () = drain_limit => false,
     };
     let _ = report_stop_tx.send(true);

@@ -35,7 +35,8 @@ use tokio::{
 
 /// A stand-in instance. Paths: `/sleep/<ms>`, `/read` (reads the whole
 /// body, answers its length), `/headers` (answers the request headers),
-/// anything else answers `ok`. Counts concurrent requests.
+/// anything else answers `ok`. Counts concurrent requests; every answer
+/// says which of its connections carried it (`x-connection`, from 1).
 struct Upstream {
     addr: SocketAddr,
     in_flight: Arc<AtomicUsize>,
@@ -49,10 +50,13 @@ async fn upstream() -> Upstream {
     let peak = Arc::new(AtomicUsize::new(0));
     let (flight, top) = (in_flight.clone(), peak.clone());
     tokio::spawn(async move {
+        let mut connections = 0u32;
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            connections += 1;
+            let connection = connections;
             let (flight, top) = (flight.clone(), top.clone());
             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
                 TokioIo::new(stream),
@@ -104,6 +108,9 @@ async fn upstream() -> Upstream {
                         response
                             .headers_mut()
                             .insert("x-secret", "hop".parse().unwrap());
+                        response
+                            .headers_mut()
+                            .insert("x-connection", connection.into());
                         Ok::<_, Infallible>(response)
                     }
                 }),
@@ -794,4 +801,267 @@ async fn a_connection_over_the_limit_gets_503_and_is_closed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A client on one keep-alive connection, sending one request at a time.
+struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Reply {
+        self.sender.ready().await.unwrap();
+        let response = self.sender.send_request(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        self.send(
+            Request::get(path)
+                .header("host", "f.ns.svc.cluster.local")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+/// Which of the stand-in instance's connections carried a reply.
+fn connection_of(reply: &Reply) -> String {
+    reply.headers["x-connection"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_clients_get_instance_connections_of_their_own() {
+    let up = upstream().await;
+    let a = serving(0, &[&up]).await;
+    let mut clients = [KeepAlive::open(a.addr).await, KeepAlive::open(a.addr).await];
+    let mut seen = [
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    ];
+    for round in 0..10 {
+        for (client, seen) in clients.iter_mut().zip(&mut seen) {
+            let reply = client.get("/").await;
+            assert_eq!(reply.status, 200);
+            // The first request of a connection goes through the shared pool.
+            if round > 0 {
+                seen.insert(connection_of(&reply));
+            }
+        }
+    }
+    // Interleaved one after the other, a shared pool would have given both
+    // clients the same instance connection.
+    assert_eq!(seen[0].len(), 1, "client 0 used {:?}", seen[0]);
+    assert_eq!(seen[1].len(), 1, "client 1 used {:?}", seen[1]);
+    assert_ne!(seen[0], seen[1], "each client has its own connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_its_own_connection_a_request_keeps_every_behaviour() {
+    let up = upstream().await;
+    let a = activator(ProxyOptions {
+        max_body_bytes: 1000,
+        ..options()
+    })
+    .await;
+    a.registry.set_function(
+        "ns",
+        "f",
+        Some(FunctionConfig {
+            timeout: Duration::from_millis(700),
+            ..config(1)
+        }),
+    );
+    a.registry.upsert_pod("ns", "f", pod("p0", up.addr));
+    ready(&a.registry, 1).await;
+    let mut client = KeepAlive::open(a.addr).await;
+    let first = client.get("/").await;
+    assert_eq!(first.status, 200);
+
+    // Origin form, the client's Host, forwarding headers; hop headers gone.
+    let headers = client.get("/headers?x=1").await;
+    assert_eq!(headers.status, 200);
+    assert_ne!(
+        connection_of(&headers),
+        connection_of(&first),
+        "its own connection"
+    );
+    assert!(
+        headers.body.contains("uri: /headers?x=1"),
+        "{}",
+        headers.body
+    );
+    assert!(
+        headers.body.contains("host: f.ns.svc.cluster.local"),
+        "{}",
+        headers.body
+    );
+    assert!(
+        headers.body.contains("x-forwarded-for: 127.0.0.1"),
+        "{}",
+        headers.body
+    );
+    assert!(!headers.headers.contains_key("x-secret"));
+
+    // A body is carried, and a larger one refused.
+    let post = |body: &'static [u8]| {
+        Request::post("/read")
+            .header("host", "f.ns.svc.cluster.local")
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    };
+    let read = client.send(post(b"hello")).await;
+    assert_eq!((read.status, read.body.as_str()), (StatusCode::OK, "5"));
+    let big = client.send(post(&[b'x'; 2000])).await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Concurrency 1 still holds, and a response past the timeout is cut
+    // (and its client connection closed).
+    let mut other = KeepAlive::open(a.addr).await;
+    other.get("/").await;
+    let (slow, queued) = tokio::join!(client.get("/sleep/300"), async {
+        wait_for(|| up.in_flight.load(Ordering::SeqCst) == 1).await;
+        other.get("/sleep/10").await
+    });
+    assert_eq!(
+        (slow.status, queued.status),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    assert_eq!(up.peak.load(Ordering::SeqCst), 1, "concurrency 1 held");
+    client.sender.ready().await.unwrap();
+    let response = client
+        .sender
+        .send_request(
+            Request::get("/drip")
+                .header("host", "f.ns.svc.cluster.local")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.into_body().collect().await.is_err(),
+        "cut at the timeout"
+    );
+    // The other client's connection to the instance is unaffected.
+    assert_eq!(other.get("/").await.status, 200);
+}
+
+/// An instance that answers one request per connection and then closes it,
+/// without saying so (`Connection: close`); counts its connections.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_closing_idle_connections_fails_no_request() {
+    let (addr, accepted) = closing_upstream().await;
+    let a = activator(options()).await;
+    a.registry.set_function("ns", "f", Some(config(0)));
+    a.registry.upsert_pod("ns", "f", pod("p0", addr));
+    ready(&a.registry, 1).await;
+    let before = accepted.load(Ordering::SeqCst);
+    let mut client = KeepAlive::open(a.addr).await;
+    for _ in 0..20 {
+        let reply = client.get("/").await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst) - before,
+        20,
+        "every request on a new instance connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_one_port_and_finish_open_requests_at_shutdown() {
+    let up = upstream().await;
+    let registry = Registry::new(Metrics::new().unwrap(), probe::spawner());
+    registry.set_function("ns", "f", Some(config(0)));
+    registry.upsert_pod("ns", "f", pod("p0", up.addr));
+    ready(&registry, 1).await;
+    let proxy = Proxy::new(
+        registry.clone(),
+        ProxyOptions {
+            workers: 2,
+            ..options()
+        },
+        Arc::new(AtomicBool::new(true)),
+    );
+    let listeners = proxy.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    assert_eq!(ports.len(), 2);
+    assert_eq!(ports[0], ports[1], "one port, two listeners");
+    let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(proxy.serve_workers(listeners, async move {
+        let _ = stop_rx.await;
+    }));
+    // Many connections (spread by the kernel over both workers), each
+    // with requests on the pool and on its own connection.
+    let clients = (0..16).map(|_| async move {
+        let mut client = KeepAlive::open(addr).await;
+        for _ in 0..3 {
+            assert_eq!(client.get("/").await.status, 200);
+        }
+    });
+    futures::future::join_all(clients).await;
+    let mut slow = KeepAlive::open(addr).await;
+    let in_flight = tokio::spawn(async move { slow.get("/sleep/300").await });
+    wait_for(|| up.in_flight.load(Ordering::SeqCst) == 1).await;
+    stop_tx.send(()).unwrap();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "slept")
+    );
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("every worker stopped")
+        .unwrap()
+        .unwrap();
 }

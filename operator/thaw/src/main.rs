@@ -207,6 +207,10 @@ struct ActivatorArgs {
     /// Function's queue.maxPending bounds it alone); one more gets 503 with Retry-After.
     #[arg(long, env = "THAW_MAX_QUEUED_REQUESTS", default_value_t = 10_000)]
     max_queued_requests: usize,
+    /// Threads serving clients, each with its own listener (SO_REUSEPORT) and
+    /// instance connections; 0 means one per CPU the container may use.
+    #[arg(long, env = "THAW_PROXY_WORKERS", default_value_t = 0)]
+    proxy_workers: usize,
     /// Time between stats reports.
     #[arg(long, default_value = "1s", value_parser = duration)]
     report_interval: Duration,
@@ -360,6 +364,7 @@ async fn activator(args: ActivatorArgs) -> anyhow::Result<()> {
             max_headers: args.max_headers,
             max_connections: args.max_connections,
             max_queued: args.max_queued_requests,
+            workers: args.proxy_workers,
             ..thaw_activator::ProxyOptions::default()
         },
         http_addr: args.http_addr,
