@@ -15,7 +15,8 @@
 //!   loop then drops hyper's connection and writes the 408 itself through
 //!   its share of the socket), or when the connection had no request for
 //!   `--idle-timeout`, a fresh one included (closed silently);
-//! - hyper's own timer is set to the longer of the two, as a backstop.
+//! - hyper's own header timer is off: it would only repeat these, at the
+//!   cost of a timer per request.
 //!
 //! HTTP/2 connections (recognised by their preface) are left to h2's own
 //! flow control and keep-alive pings.

@@ -280,13 +280,10 @@ impl Proxy {
             .http1()
             .timer(TokioTimer::new())
             .keep_alive(true)
-            // hyper's header timer runs from when it waits for a request,
-            // so it is the idle timeout; conn::Handle::watch times heads.
-            .header_read_timeout(
-                self.options
-                    .idle_timeout
-                    .max(self.options.header_read_timeout),
-            )
+            // hyper's header timer runs from when it waits for a request
+            // (an idle timeout, really) and costs a timer per request;
+            // conn::Handle::watch times heads and idle connections instead.
+            .header_read_timeout(None)
             .max_buf_size(self.options.max_header_bytes.max(8192))
             .max_headers(self.options.max_headers);
         builder
@@ -366,16 +363,7 @@ impl Proxy {
                     Err(conn::Expired::Head) => handle.header_timeout(&timeout_body).await,
                     Err(conn::Expired::Idle) => debug!(%peer, "idle client connection closed"),
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        let timed_out = error
-                            .downcast_ref::<hyper::Error>()
-                            .is_some_and(hyper::Error::is_timeout);
-                        if timed_out {
-                            handle.header_timeout(&timeout_body).await;
-                        } else {
-                            debug!(%error, %peer, "client connection ended");
-                        }
-                    }
+                    Ok(Err(error)) => debug!(%error, %peer, "client connection ended"),
                 }
                 // The connection is closed: its place is free.
                 drop(permit);
@@ -624,7 +612,7 @@ impl Proxy {
         loop {
             attempt += 1;
             let mut upstream = parts.clone();
-            upstream.uri = match upstream_uri(lease.authority(), &path) {
+            upstream.uri = match upstream_uri(at.via.is_some(), lease.authority(), &path) {
                 Ok(uri) => uri,
                 Err(error) => {
                     return answer(
@@ -784,7 +772,7 @@ impl Proxy {
         let mut connect_failures = 0;
         loop {
             let mut upstream = parts.clone();
-            upstream.uri = match upstream_uri(lease.authority(), &path) {
+            upstream.uri = match upstream_uri(at.via.is_some(), lease.authority(), &path) {
                 Ok(uri) => uri,
                 Err(error) => {
                     return answer(
@@ -1004,7 +992,13 @@ fn content_length_of(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn upstream_uri(authority: &Authority, path: &PathAndQuery) -> Result<Uri, http::Error> {
+/// The request target for the instance: absolute for the shared pool
+/// (which picks its connection by it), the path alone on the client
+/// connection's own connection.
+fn upstream_uri(own: bool, authority: &Authority, path: &PathAndQuery) -> Result<Uri, http::Error> {
+    if own {
+        return Ok(Uri::from(path.clone()));
+    }
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority.clone())

@@ -324,9 +324,11 @@ fn origin_form(req: &mut Request<RequestBody>, authority: &Authority) {
     {
         req.headers_mut().insert(HOST, host);
     }
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-    *req.uri_mut() = path;
+    if req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        *req.uri_mut() = path;
+    }
 }
