@@ -24,10 +24,12 @@
 //! `BENCH_SECONDS` (per measurement, default 5), `BENCH_WARMUP_SECONDS`
 //! (default 1), `BENCH_REPS` (interleaved repetitions, default 3),
 //! `BENCH_CONCURRENCY` (default `1,64`), `BENCH_HANDLERS` (`0,10`: sleep in
-//! ms), `BENCH_ACTIVATOR_THREADS` (the activator's tokio worker threads;
+//! ms), `BENCH_ACTIVATOR_WORKERS` (the activator's `--proxy-workers`;
 //! default one per core), `BENCH_BASELINE_THAW` (another `thaw` binary,
 //! measured as one more target: a change against its predecessor,
-//! interleaved). Dataplane mode: `BENCH_RATE` (1000), `BENCH_SECONDS` (60),
+//! interleaved), `BENCH_FLOORS` (the hyper floors of `floor.rs`,
+//! comma-separated: `pool`, `percore`, `affine`, `affine-mt`; default the
+//! first three, none in dataplane mode). Dataplane mode: `BENCH_RATE` (1000), `BENCH_SECONDS` (60),
 //! `BENCH_WARMUP_SECONDS` (5), `BENCH_SLEEP_MS` (100).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -173,7 +175,7 @@ fn start_activator(
     gate: SocketAddr,
 ) -> (Process, SocketAddr, Vec<String>) {
     let http = free_addr();
-    let args = vec![
+    let mut args = vec![
         "activator".to_owned(),
         "--static-function".to_owned(),
         format!("bench/hello={hello}"),
@@ -184,9 +186,9 @@ fn start_activator(
         "--admin-addr".to_owned(),
         free_addr().to_string(),
     ];
-    let mut env = vec![("RUST_LOG", "warn".to_owned())];
-    if let Ok(threads) = std::env::var("BENCH_ACTIVATOR_THREADS") {
-        env.push(("TOKIO_WORKER_THREADS", threads));
+    let env = [("RUST_LOG", "warn".to_owned())];
+    if let Ok(workers) = std::env::var("BENCH_ACTIVATOR_WORKERS") {
+        args.extend(["--proxy-workers".to_owned(), workers]);
     }
     let child = spawn(binary, &args, &env, Stdio::null());
     (Process(child), http, args)
@@ -531,9 +533,12 @@ fn setup(runtime: &tokio::runtime::Runtime) -> Setup {
         },
     ];
     let mut processes = vec![activator, gate, haproxy];
-    // hyper's own floor, informative: `BENCH_FLOORS` (default all three).
+    // hyper's own floor, informative: `BENCH_FLOORS` (default all three in
+    // closed mode, none in the dataplane probe).
+    let dataplane = std::env::var("BENCH_MODE").is_ok_and(|m| m == "dataplane");
+    let floors = if dataplane { "" } else { "pool,percore,affine" };
     for floor in std::env::var("BENCH_FLOORS")
-        .unwrap_or_else(|_| "pool,percore,affine".into())
+        .unwrap_or_else(|_| floors.into())
         .split(',')
         .filter(|f| !f.is_empty())
     {

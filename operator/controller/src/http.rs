@@ -96,10 +96,14 @@ pub async fn serve(
 }
 
 async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
+    // The report's idle times count back from its arrival, not from when it
+    // was verified and read: a TokenReview or a slow body must not make its
+    // instances look active later than they were.
+    let now = state.clock.now();
     // Who is sending, before a byte of the body is read.
     let identity = match &state.auth {
         Some(auth) => match auth
-            .authenticate(req.headers(), state.clock.now(), SystemTime::now())
+            .authenticate(req.headers(), now, SystemTime::now())
             .await
         {
             Ok(identity) => Some(identity),
@@ -124,7 +128,6 @@ async fn stats(req: Request<Incoming>, state: &HttpState) -> Response<Body> {
         return reject(state, &rejection);
     }
     state.known.vet(&mut report);
-    let now = state.clock.now();
     let ingested = state
         .autoscaler
         .lock()
