@@ -26,6 +26,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers: the fixed list and every header the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their names finds out, where
+    // a remove per hop-by-hop name would hash each of the nine.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -38,18 +43,52 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Headers that end at the activator, whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// A client connection's address as the forwarding headers write it,
+/// rendered once per connection rather than once per request.
+#[derive(Debug)]
+pub struct ClientAddress {
+    ip: IpAddr,
+    /// `X-Forwarded-For` when the request has none.
+    forwarded_for: HeaderValue,
+    /// The `for=` node of `Forwarded`.
+    node: String,
+}
+
+impl ClientAddress {
+    pub fn new(ip: IpAddr) -> Self {
+        let text = ip.to_string();
+        let node = match ip {
+            IpAddr::V4(_) => text.clone(),
+            IpAddr::V6(_) => format!("\"[{text}]\""),
+        };
+        Self {
+            ip,
+            forwarded_for: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            node,
+        }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
     }
 }
 
@@ -57,18 +96,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// headers removed (and `Expect`, which the activator answered itself),
 /// `Host` kept (set from the HTTP/2 authority when the request had none),
 /// and the client's address, the original host and the scheme recorded.
-pub fn forward_request(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
+pub fn forward_request(headers: &mut HeaderMap, client: &ClientAddress, host: Option<&str>) {
     strip_hop_by_hop(headers);
     headers.remove(EXPECT);
-    let host_value = host.and_then(|h| HeaderValue::from_str(h).ok());
-    if let Some(value) = &host_value
-        && !headers.contains_key(HOST)
-    {
-        headers.insert(HOST, value.clone());
-    }
+    let host_value = match headers.get(HOST) {
+        // The client's own Host header: no need to validate it again.
+        Some(value) => Some(value.clone()),
+        None => {
+            let value = host.and_then(|h| HeaderValue::from_str(h).ok());
+            if let Some(value) = &value {
+                headers.insert(HOST, value.clone());
+            }
+            value
+        }
+    };
 
-    let client_text = client.to_string();
-    append(headers, X_FORWARDED_FOR, &client_text);
+    match headers.get(X_FORWARDED_FOR) {
+        Some(_) => append(
+            headers,
+            X_FORWARDED_FOR,
+            client.forwarded_for.to_str().unwrap_or_default(),
+        ),
+        None => {
+            headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
+        }
+    }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
@@ -78,11 +130,7 @@ pub fn forward_request(headers: &mut HeaderMap, client: IpAddr, host: Option<&st
         headers.insert(X_FORWARDED_HOST, value);
     }
 
-    let node = match client {
-        IpAddr::V4(_) => client_text,
-        IpAddr::V6(_) => format!("\"[{client_text}]\""),
-    };
-    let mut element = format!("for={node}");
+    let mut element = format!("for={}", client.node);
     if let Some(host) = host.filter(|h| is_token(h)) {
         element.push_str(";host=");
         element.push_str(host);
@@ -177,7 +225,7 @@ mod tests {
         let mut map = headers(&[("host", "hello.ns.svc:8080"), ("expect", "100-continue")]);
         forward_request(
             &mut map,
-            "10.0.0.7".parse().unwrap(),
+            &ClientAddress::new("10.0.0.7".parse().unwrap()),
             Some("hello.ns.svc:8080"),
         );
         assert_eq!(map["host"], "hello.ns.svc:8080");
@@ -199,7 +247,11 @@ mod tests {
             ("x-forwarded-host", "api.example.com"),
             ("forwarded", "for=203.0.113.9;proto=https"),
         ]);
-        forward_request(&mut map, "::1".parse().unwrap(), Some("localhost"));
+        forward_request(
+            &mut map,
+            &ClientAddress::new("::1".parse().unwrap()),
+            Some("localhost"),
+        );
         assert_eq!(map["x-forwarded-for"], "203.0.113.9, ::1");
         assert_eq!(map["x-forwarded-proto"], "https", "kept");
         assert_eq!(map["x-forwarded-host"], "api.example.com", "kept");
@@ -214,7 +266,11 @@ mod tests {
     #[test]
     fn no_host_at_all() {
         let mut map = HeaderMap::new();
-        forward_request(&mut map, "10.0.0.1".parse().unwrap(), None);
+        forward_request(
+            &mut map,
+            &ClientAddress::new("10.0.0.1".parse().unwrap()),
+            None,
+        );
         assert!(!map.contains_key("host"));
         assert_eq!(map["forwarded"], "for=10.0.0.1;proto=http");
     }

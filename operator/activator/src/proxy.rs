@@ -45,16 +45,19 @@ use tracing::{debug, warn};
 use crate::{
     body::{GiveBack, RequestBody, RequestBodyError, ResponseBody, request_body_error},
     conn, fresh,
-    headers::{THAW_COLD_START, forward_request, forward_response},
+    headers::{ClientAddress, THAW_COLD_START, forward_request, forward_response},
     metrics::Metrics,
     overload::ConnectionLimit,
     registry::{Admission, Entry, Lease, Registry},
-    route::{Route, Router},
+    route::{HostCache, Route, Router},
     upstream::{self, Checkout, Pool, SendError, Upstreams},
 };
 
 /// Attempts to connect to an instance per request before it gets 502.
 const MAX_CONNECT_ATTEMPTS: u32 = 5;
+
+/// hyper's default (and fixed-array) limit on request headers.
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// Connections waiting to be accepted, per worker.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -138,6 +141,27 @@ pub struct Proxy {
     /// Open client connections, across every worker.
     connections: ConnectionLimit,
     metrics: Metrics,
+}
+
+/// What one client connection keeps across its requests; made when it is
+/// accepted, dropped when it closes.
+pub struct ClientConnection {
+    /// Its address as the forwarding headers write it.
+    pub address: ClientAddress,
+    /// The function its last Host named.
+    hosts: HostCache,
+    /// Its own instance connections.
+    pub upstreams: Upstreams,
+}
+
+impl ClientConnection {
+    pub fn new(ip: IpAddr) -> Self {
+        Self {
+            address: ClientAddress::new(ip),
+            hosts: HostCache::default(),
+            upstreams: Upstreams::new(),
+        }
+    }
 }
 
 /// An answer already decided (an error, usually).
@@ -284,8 +308,12 @@ impl Proxy {
             // (an idle timeout, really) and costs a timer per request;
             // conn::Handle::watch times heads and idle connections instead.
             .header_read_timeout(None)
-            .max_buf_size(self.options.max_header_bytes.max(8192))
-            .max_headers(self.options.max_headers);
+            .max_buf_size(self.options.max_header_bytes.max(8192));
+        // hyper's own limit is 100 headers, parsed into stack arrays; a limit
+        // set explicitly costs a heap vector of that size per request.
+        if self.options.max_headers != HYPER_MAX_HEADERS {
+            builder.http1().max_headers(self.options.max_headers);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -327,15 +355,15 @@ impl Proxy {
             let (io, handle) = conn::track(stream);
             let proxy = self.clone();
             let head_done = handle.head_done();
-            let upstreams = Upstreams::new();
-            let connection_upstreams = upstreams.clone();
+            let client = Arc::new(ClientConnection::new(peer.ip()));
+            let upstreams = client.upstreams.clone();
             let service = service_fn(move |req| {
                 let serving = head_done.mark();
                 let proxy = proxy.clone();
-                let http1 = req.version() <= Version::HTTP_11;
-                let via = upstreams.affine(http1).then(|| upstreams.clone());
+                let client = client.clone();
                 async move {
-                    let mut response = proxy.clone().handle(req, peer.ip(), via).await;
+                    let http1 = req.version() <= Version::HTTP_11;
+                    let mut response = proxy.clone().handle(req, &client).await;
                     if http1 && proxy.closing.load(Ordering::Acquire) {
                         response
                             .headers_mut()
@@ -357,7 +385,7 @@ impl Proxy {
                 let ended = tokio::select! {
                     result = conn => Ok(result),
                     expired = handle.watch(head_timeout, idle_timeout) => Err(expired),
-                    never = connection_upstreams.drive() => match never {},
+                    never = upstreams.drive() => match never {},
                 };
                 match ended {
                     Err(conn::Expired::Head) => handle.header_timeout(&timeout_body).await,
@@ -373,16 +401,20 @@ impl Proxy {
         graceful.shutdown().await;
     }
 
-    /// One request, from arrival to the response head (the body streams on).
-    /// `via`: the client connection's own instance connections, when it
-    /// may use them (crate::upstream); the shared pool otherwise.
+    /// One request of `client`'s, from arrival to the response head (the
+    /// body streams on).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: IpAddr,
-        via: Option<Upstreams>,
+        client: &ClientConnection,
     ) -> Answer {
         let arrival = Instant::now();
+        // Its own instance connections when it may use them
+        // (crate::upstream), the shared pool otherwise.
+        let via = client
+            .upstreams
+            .affine(req.version() <= Version::HTTP_11)
+            .then_some(&client.upstreams);
         let host = match host_of(&req) {
             Ok(host) => host,
             Err(message) => {
@@ -392,17 +424,21 @@ impl Proxy {
         // The router asks whether a Host-named function exists; keep the
         // entry it found, so the registry is searched once.
         let found: Cell<Option<Arc<Entry>>> = Cell::new(None);
-        let route = match self.router.route(host.as_deref(), req.uri(), |ns, name| {
-            let entry = self.registry.get(ns, name).filter(|e| e.exists());
-            let exists = entry.is_some();
-            found.set(entry);
-            exists
-        }) {
-            Ok(route) => route,
-            Err(error) => {
-                return self.unrouted(StatusCode::BAD_REQUEST, json!({"error": error.to_string()}));
-            }
-        };
+        let route =
+            match self
+                .router
+                .route_cached(&client.hosts, host.as_deref(), req.uri(), |ns, name| {
+                    let entry = self.registry.get(ns, name).filter(|e| e.exists());
+                    let exists = entry.is_some();
+                    found.set(entry);
+                    exists
+                }) {
+                Ok(route) => route,
+                Err(error) => {
+                    return self
+                        .unrouted(StatusCode::BAD_REQUEST, json!({"error": error.to_string()}));
+                }
+            };
         if !self.synced.load(Ordering::Acquire) {
             return self.unrouted(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -447,12 +483,21 @@ impl Proxy {
             Err(answer) => return answer,
         };
         let path = Path {
-            via: via.as_ref(),
+            via,
             arrival,
             deadline,
         };
-        self.forward(entry, route, req, host, peer, lease, waited, path)
-            .await
+        self.forward(
+            entry,
+            route,
+            req,
+            host,
+            &client.address,
+            lease,
+            waited,
+            path,
+        )
+        .await
     }
 
     /// A slot for the request: at once, or after waiting in the queue.
@@ -555,7 +600,7 @@ impl Proxy {
         route: Route,
         req: Request<Incoming>,
         host: Option<String>,
-        peer: IpAddr,
+        client: &ClientAddress,
         mut lease: Lease,
         mut waited: Option<Duration>,
         at: Path<'_>,
@@ -569,7 +614,7 @@ impl Proxy {
             .clone()
             .or_else(|| parts.uri.path_and_query().cloned())
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        forward_request(&mut parts.headers, peer, host.as_deref());
+        forward_request(&mut parts.headers, client, host.as_deref());
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         let max_requests = entry.config().map_or(0, |c| c.max_requests);

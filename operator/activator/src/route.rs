@@ -13,7 +13,10 @@
 //! path decides. So `http://thaw-activator.thaw-system.svc/fn/ns/f/` reaches
 //! `ns/f` although its Host has the function shape too.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Mutex, PoisonError},
+};
 
 use http::uri::{PathAndQuery, Uri};
 
@@ -56,6 +59,14 @@ pub enum RouteError {
     NoRoute { host: String, forms: String },
 }
 
+/// The last Host value one client connection sent, and the function it
+/// names if any (see [`Router::route_cached`]); dropped with the connection.
+#[derive(Debug, Default)]
+pub struct HostCache(Mutex<Option<(String, Option<Names>)>>);
+
+/// A function's `(namespace, name)`.
+type Names = (String, String);
+
 /// Routes requests for one cluster domain.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -97,11 +108,51 @@ impl Router {
         uri: &Uri,
         exists: impl Fn(&str, &str) -> bool,
     ) -> Result<Route, RouteError> {
-        let hostname = match host {
-            Some(host) => parse_host(host)?,
+        let by_host = match host {
+            Some(host) => self.host_function(host)?,
             None => None,
         };
-        let by_host = hostname.as_deref().and_then(|h| self.function_host(h));
+        self.decide(by_host, host, uri, exists)
+    }
+
+    /// [`Self::route`], remembering the last Host in `cache`: a keep-alive
+    /// client sends the same one every time, so it is parsed once.
+    pub fn route_cached(
+        &self,
+        cache: &HostCache,
+        host: Option<&str>,
+        uri: &Uri,
+        exists: impl Fn(&str, &str) -> bool,
+    ) -> Result<Route, RouteError> {
+        let by_host = match host {
+            Some(host) => {
+                let mut last = cache.0.lock().unwrap_or_else(PoisonError::into_inner);
+                match &*last {
+                    Some((seen, names)) if seen == host => names.clone(),
+                    _ => {
+                        let names = self.host_function(host)?;
+                        *last = Some((host.to_owned(), names.clone()));
+                        names
+                    }
+                }
+            }
+            None => None,
+        };
+        self.decide(by_host, host, uri, exists)
+    }
+
+    /// `(namespace, name)` when the Host value `host` names a function.
+    fn host_function(&self, host: &str) -> Result<Option<Names>, RouteError> {
+        Ok(parse_host(host)?.and_then(|h| self.function_host(&h)))
+    }
+
+    fn decide(
+        &self,
+        by_host: Option<Names>,
+        host: Option<&str>,
+        uri: &Uri,
+        exists: impl Fn(&str, &str) -> bool,
+    ) -> Result<Route, RouteError> {
         if let Some((namespace, name)) = &by_host
             && exists(namespace, name)
         {
@@ -300,6 +351,30 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             path: path.map(|p| p.parse().expect("path")),
+        }
+    }
+
+    #[test]
+    fn a_cached_host_routes_as_an_uncached_one() {
+        let router = Router::new("svc.cluster.local");
+        let cache = HostCache::default();
+        for host in [
+            Some("hello.default.svc"),
+            Some("hello.default.svc"),
+            Some("other.team.svc.cluster.local:80"),
+            Some("bad host"),
+            Some("bad host"),
+            Some("10.0.0.1:8080"),
+            None,
+            Some("hello.default.svc"),
+        ] {
+            for path in ["/", "/fn/ns/f/x"] {
+                assert_eq!(
+                    router.route_cached(&cache, host, &uri(path), all),
+                    router.route(host, &uri(path), all),
+                    "{host:?} {path}"
+                );
+            }
         }
     }
 
