@@ -3,7 +3,10 @@
 //! where it came from in `Forwarded` (RFC 7239) and the `X-Forwarded-*`
 //! headers.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::{Mutex, PoisonError},
+};
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
@@ -70,6 +73,8 @@ pub struct ClientAddress {
     forwarded_for: HeaderValue,
     /// The `for=` node of `Forwarded`.
     node: String,
+    /// The last Host and the `Forwarded` value made for it.
+    last_forwarded: Mutex<Option<(Option<String>, HeaderValue)>>,
 }
 
 impl ClientAddress {
@@ -84,11 +89,30 @@ impl ClientAddress {
             forwarded_for: HeaderValue::from_str(&text)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             node,
+            last_forwarded: Mutex::new(None),
         }
     }
 
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// The `Forwarded` value of a request from here with Host `host`, kept
+    /// for the connection's next request with the same Host.
+    fn forwarded(&self, host: Option<&str>) -> HeaderValue {
+        let mut last = self
+            .last_forwarded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, value)) = &*last
+            && seen.as_deref() == host
+        {
+            return value.clone();
+        }
+        let value = HeaderValue::from_str(&forwarded_element(self, host))
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown;proto=http"));
+        *last = Some((host.map(str::to_owned), value.clone()));
+        value
     }
 }
 
@@ -99,6 +123,8 @@ impl ClientAddress {
 pub fn forward_request(headers: &mut HeaderMap, client: &ClientAddress, host: Option<&str>) {
     strip_hop_by_hop(headers);
     headers.remove(EXPECT);
+    // Room for the four forwarding headers at once, not a regrowth each.
+    headers.reserve(4);
     let host_value = match headers.get(HOST) {
         // The client's own Host header: no need to validate it again.
         Some(value) => Some(value.clone()),
@@ -130,6 +156,15 @@ pub fn forward_request(headers: &mut HeaderMap, client: &ClientAddress, host: Op
         headers.insert(X_FORWARDED_HOST, value);
     }
 
+    if headers.contains_key(FORWARDED) {
+        append(headers, FORWARDED, &forwarded_element(client, host));
+    } else {
+        headers.insert(FORWARDED, client.forwarded(host));
+    }
+}
+
+/// This hop's `Forwarded` element: `for=<client>;host=<host>;proto=http`.
+fn forwarded_element(client: &ClientAddress, host: Option<&str>) -> String {
     let mut element = format!("for={}", client.node);
     if let Some(host) = host.filter(|h| is_token(h)) {
         element.push_str(";host=");
@@ -140,7 +175,7 @@ pub fn forward_request(headers: &mut HeaderMap, client: &ClientAddress, host: Op
         element.push('"');
     }
     element.push_str(";proto=http");
-    append(headers, FORWARDED, &element);
+    element
 }
 
 /// Prepares an instance's response headers for the client.
@@ -218,6 +253,19 @@ mod tests {
         strip_hop_by_hop(&mut map);
         let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["content-type", "content-length"]);
+    }
+
+    #[test]
+    fn one_connection_with_several_hosts_forwards_each() {
+        let client = ClientAddress::new("10.0.0.7".parse().unwrap());
+        for host in ["a.ns.svc", "b.ns.svc", "a.ns.svc", "weird host"] {
+            let mut map = headers(&[("host", host)]);
+            forward_request(&mut map, &client, Some(host));
+            assert_eq!(map["forwarded"], forwarded_element(&client, Some(host)));
+            assert!(
+                map["forwarded"].to_str().unwrap().contains("a.ns.svc") == (host == "a.ns.svc")
+            );
+        }
     }
 
     #[test]
