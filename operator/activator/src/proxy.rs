@@ -475,10 +475,16 @@ impl Proxy {
         let (admission, timing) = entry.admit();
         let deadline = arrival + timing.timeout;
         let wait_until = (arrival + timing.max_wait).min(deadline);
-        let (lease, waited) = match self
-            .acquire(&entry, admission, arrival, wait_until, deadline, &route)
-            .await
-        {
+        let acquired = match admission {
+            Admission::Placed(lease) => Ok((lease, None)),
+            // Waiting and refusals are off the hot path: their state is
+            // boxed rather than making every request's future larger (it
+            // is written, and moved, once per request).
+            other => {
+                Box::pin(self.acquire(&entry, other, arrival, wait_until, deadline, &route)).await
+            }
+        };
+        let (lease, waited) = match acquired {
             Ok(acquired) => acquired,
             Err(answer) => return answer,
         };
@@ -624,31 +630,33 @@ impl Proxy {
             && !body.is_end_stream()
             && fresh::plan(content_length_of(&parts.headers)) == fresh::Plan::Buffer
         {
-            return match fresh::buffer(body, deadline).await {
+            // maxRequestsPerInstance: boxed, off the common path.
+            return match Box::pin(fresh::buffer(body, deadline)).await {
                 Ok(bytes) => {
                     parts.headers.remove(http::header::TRANSFER_ENCODING);
                     if let Ok(value) = HeaderValue::from_str(&bytes.len().to_string()) {
                         parts.headers.insert(CONTENT_LENGTH, value);
                     }
-                    self.forward_buffered(entry, route, parts, path, bytes, lease, waited, at)
-                        .await
+                    Box::pin(
+                        self.forward_buffered(entry, route, parts, path, bytes, lease, waited, at),
+                    )
+                    .await
                 }
                 Err(error) => buffer_failed(&entry, &route, &error),
             };
         }
         if max_requests > 0 && body.is_end_stream() {
-            return self
-                .forward_buffered(
-                    entry,
-                    route,
-                    parts,
-                    path,
-                    bytes::Bytes::new(),
-                    lease,
-                    waited,
-                    at,
-                )
-                .await;
+            return Box::pin(self.forward_buffered(
+                entry,
+                route,
+                parts,
+                path,
+                bytes::Bytes::new(),
+                lease,
+                waited,
+                at,
+            ))
+            .await;
         }
         let replayable = body.is_end_stream();
         let give_back: Option<GiveBack> = (!replayable).then(|| Arc::new(Mutex::new(None)));
@@ -726,10 +734,9 @@ impl Proxy {
                     }
                     let (admission, timing) = entry.readmit();
                     let wait_until = (Instant::now() + timing.max_wait).min(deadline);
-                    match self
-                        .acquire(&entry, admission, arrival, wait_until, deadline, &route)
-                        .await
-                    {
+                    let next =
+                        self.acquire(&entry, admission, arrival, wait_until, deadline, &route);
+                    match Box::pin(next).await {
                         Ok((next, more)) => {
                             lease = next;
                             if more.is_some() {
@@ -865,10 +872,8 @@ impl Proxy {
             }
             let (admission, timing) = entry.readmit();
             let wait_until = (Instant::now() + timing.max_wait).min(deadline);
-            match self
-                .acquire(&entry, admission, arrival, wait_until, deadline, &route)
-                .await
-            {
+            let next = self.acquire(&entry, admission, arrival, wait_until, deadline, &route);
+            match Box::pin(next).await {
                 Ok((next, more)) => {
                     lease = next;
                     if more.is_some() {

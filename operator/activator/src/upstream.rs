@@ -211,7 +211,8 @@ impl Upstreams {
                 },
             }
         }
-        let (id, mut sender) = self.connect(addr, connect_timeout).await?;
+        // A new connection is the rare case: its future is boxed.
+        let (id, mut sender) = Box::pin(self.connect(addr, connect_timeout)).await?;
         match sender.send_request(req).await {
             Ok(response) => Ok((response, self.checkout(id, sender))),
             Err(error) => Err(SendError::Connection(error)),
