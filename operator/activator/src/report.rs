@@ -245,10 +245,13 @@ impl Reporter {
 /// A report as gzip-compressed JSON.
 pub fn encode(report: &ActivatorReport) -> std::io::Result<Bytes> {
     use std::io::Write as _;
+    // The JSON whole, then one write: serde_json writes in small pieces,
+    // and each write into the encoder is a compression pass over (and a
+    // zeroing of) its output buffer.
+    let json = serde_json::to_vec(report)?;
     let mut encoder =
         flate2::write::GzEncoder::new(Vec::with_capacity(4096), flate2::Compression::fast());
-    serde_json::to_writer(&mut encoder, report)?;
-    encoder.flush()?;
+    encoder.write_all(&json)?;
     Ok(Bytes::from(encoder.finish()?))
 }
 
