@@ -40,27 +40,27 @@ pub fn run_if_asked() {
     let listen: SocketAddr = std::env::var("BENCH_LISTEN").unwrap().parse().unwrap();
     let upstream: SocketAddr = std::env::var("BENCH_UPSTREAM").unwrap().parse().unwrap();
     match role.as_str() {
-        "floor-pool" => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let listener = TcpListener::bind(listen).await.unwrap();
-                pooled(listener, upstream).await;
-            }),
-        "floor-affine-mt" => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let listener = TcpListener::bind(listen).await.unwrap();
-                affine(listener, upstream).await;
-            }),
+        "floor-pool" => multi_thread(listen, move |listener| pooled(listener, upstream)),
+        "floor-affine-mt" => multi_thread(listen, move |listener| affine(listener, upstream)),
         "floor-percore" => per_core(listen, move |listener| pooled(listener, upstream)),
         "floor-affine" => per_core(listen, move |listener| affine(listener, upstream)),
         other => panic!("BENCH_ROLE={other}"),
     }
     std::process::exit(0);
+}
+
+/// One multi-thread runtime (a worker per core) serving one listener on
+/// `listen` with `serve`.
+fn multi_thread<F, Fut>(listen: SocketAddr, serve: F)
+where
+    F: FnOnce(TcpListener) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move { serve(TcpListener::bind(listen).await.unwrap()).await });
 }
 
 /// One current-thread runtime per core, each serving its own

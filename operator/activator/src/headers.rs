@@ -10,8 +10,7 @@ use std::{
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, EXPECT, FORWARDED, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE},
-    header::{TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{EXPECT, FORWARDED, HOST},
 };
 
 /// `X-Forwarded-For`.
@@ -23,46 +22,7 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// On a response that waited for an instance: how long, e.g. `412ms`.
 pub const THAW_COLD_START: HeaderName = HeaderName::from_static("thaw-cold-start");
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Removes hop-by-hop headers: the fixed list and every header the
-/// `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over their names finds out, where
-    // a remove per hop-by-hop name would hash each of the nine.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// Headers that end at the activator, whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-];
+pub use thaw_gate::hop::strip_hop_by_hop;
 
 /// A client connection's address as the forwarding headers write it,
 /// rendered once per connection rather than once per request.
@@ -232,27 +192,6 @@ mod tests {
             );
         }
         map
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut map = headers(&[
-            ("connection", "keep-alive, x-private"),
-            ("connection", "close"),
-            ("keep-alive", "timeout=5"),
-            ("x-private", "secret"),
-            ("transfer-encoding", "chunked"),
-            ("te", "trailers"),
-            ("trailer", "x-checksum"),
-            ("upgrade", "websocket"),
-            ("proxy-authorization", "Basic x"),
-            ("proxy-connection", "keep-alive"),
-            ("content-type", "text/plain"),
-            ("content-length", "5"),
-        ]);
-        strip_hop_by_hop(&mut map);
-        let left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, vec!["content-type", "content-length"]);
     }
 
     #[test]

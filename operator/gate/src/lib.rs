@@ -11,6 +11,7 @@
 //! checks them before it drains or deletes an instance.
 
 pub mod admin;
+pub mod hop;
 pub mod limiter;
 pub mod ports;
 pub mod proxy;

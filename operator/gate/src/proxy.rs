@@ -13,8 +13,9 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri,
-    header::{self, CONNECTION, CONTENT_TYPE, RETRY_AFTER},
+    HeaderValue, Request, Response, StatusCode, Uri,
+    header::{CONTENT_TYPE, RETRY_AFTER},
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{
@@ -30,7 +31,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::oneshot};
 use tracing::{debug, warn};
 
-use crate::{Limiter, Refused, Slot};
+use crate::{Limiter, Refused, Slot, hop::strip_hop_by_hop};
 
 /// Response header: how long the gate held the request for a slot, when it
 /// had to (another activator's request had the instance's last slot).
@@ -48,7 +49,8 @@ type GateBody = UnsyncBoxBody<Bytes, hyper::Error>;
 pub struct Proxy {
     limiter: Arc<Limiter>,
     client: Client<HttpConnector, Incoming>,
-    upstream_port: u16,
+    /// `127.0.0.1:<upstream port>`, made once.
+    upstream: Authority,
     header_read_timeout: Duration,
     /// Longest the function may take to answer (its Function's timeout):
     /// past it nobody waits for the answer any more, and the slot is freed.
@@ -69,10 +71,12 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
+        let upstream = Authority::try_from(format!("127.0.0.1:{upstream_port}"))
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Arc::new(Self {
             limiter,
             client,
-            upstream_port,
+            upstream,
             header_read_timeout,
             upstream_timeout,
         })
@@ -134,12 +138,16 @@ impl Proxy {
                 return response;
             }
         };
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        match format!("http://127.0.0.1:{}{path}", self.upstream_port).parse::<Uri>() {
+        let mut target = http::uri::Parts::default();
+        target.scheme = Some(Scheme::HTTP);
+        target.authority = Some(self.upstream.clone());
+        target.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        match Uri::from_parts(target) {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => return error(StatusCode::BAD_REQUEST, "bad request target"),
         }
@@ -184,33 +192,6 @@ impl Proxy {
             }
         }
     }
-}
-
-/// Connection-level headers of one hop (RFC 9110 §7.6.1), and the headers
-/// `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in named {
-        headers.remove(name.as_str());
-    }
-    for name in [
-        CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 fn refusal(message: &str) -> Response<GateBody> {
