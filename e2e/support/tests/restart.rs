@@ -18,6 +18,8 @@ use thaw_e2e::{
 
 const WAIT: Duration = Duration::from_secs(60);
 const KEEP_ALIVE: i64 = 12;
+/// What a stats report's transit may add to the last activity it reports.
+const REPORT_TRANSIT_MS: i64 = 250;
 
 fn annotation(pod: &Pod, key: &str) -> Option<Timestamp> {
     pod.metadata.annotations.as_ref()?.get(key)?.parse().ok()
@@ -72,8 +74,12 @@ async fn an_instance_whose_activator_restarted_is_destroyed_keep_alive_after_its
     .await
     .unwrap_or_else(|e| fail(e, &activator));
     let shown = millis(done, before);
+    // Shown in whole seconds, rounded down (so up to 1 s early). The
+    // autoscaler dates the last activity from the report's arrival minus
+    // its idle time, so the report's transit can put it a little after the
+    // client saw the end: tens of ms with debug builds on a busy machine.
     assert!(
-        (KEEP_ALIVE * 1000 - 1000..=KEEP_ALIVE * 1000).contains(&shown),
+        (KEEP_ALIVE * 1000 - 1000..=KEEP_ALIVE * 1000 + REPORT_TRANSIT_MS).contains(&shown),
         "expires-at {before} is {shown} ms after the request ended ({done})"
     );
 

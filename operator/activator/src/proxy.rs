@@ -210,36 +210,37 @@ impl Proxy {
         })
     }
 
-    /// The listeners for [`Self::serve_workers`]: one per worker (see
-    /// [`ProxyOptions::workers`]), all on `addr` with `SO_REUSEPORT`, so
-    /// the kernel spreads new connections over them. Each listens at once;
-    /// call it inside a tokio runtime.
+    /// The listeners for [`Self::serve_workers`]: one listening socket on
+    /// `addr`, shared by every worker (see [`ProxyOptions::workers`]), each
+    /// accepting from it through its own descriptor. Not `SO_REUSEPORT`:
+    /// that would let any other process of the same user bind the port too
+    /// and silently take a share of its connections. Call it inside a tokio
+    /// runtime.
     pub fn bind(&self, addr: SocketAddr) -> io::Result<Vec<std::net::TcpListener>> {
         let workers = match self.options.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let mut sockets = Vec::with_capacity(workers);
-        let mut addr = addr;
-        for _ in 0..workers {
-            let socket = if addr.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(addr)?;
-            // Port 0: the others join the port the first one got.
-            addr = socket.local_addr()?;
-            // Registered with a worker's runtime once there.
-            sockets.push(socket.listen(LISTEN_BACKLOG)?.into_std()?);
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // Registered with each worker's runtime once there.
+        let listener = socket.listen(LISTEN_BACKLOG)?.into_std()?;
+        let mut listeners = Vec::with_capacity(workers);
+        for _ in 1..workers {
+            listeners.push(listener.try_clone()?);
         }
-        Ok(sockets)
+        listeners.push(listener);
+        Ok(listeners)
     }
 
     /// Serves on `sockets` (from [`Self::bind`]), each on a thread of its
-    /// own with a current-thread runtime, until `shutdown` completes; then
+    /// own with a current-thread runtime (whichever worker is free first
+    /// accepts a new connection), until `shutdown` completes; then
     /// every worker stops accepting and finishes its open requests. A
     /// request stays on the thread that accepted its connection, from the
     /// client to the instance and back (docs/benchmarks.md).

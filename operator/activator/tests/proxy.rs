@@ -1036,7 +1036,16 @@ async fn workers_share_one_port_and_finish_open_requests_at_shutdown() {
         .collect();
     assert_eq!(ports.len(), 2);
     assert_eq!(ports[0], ports[1], "one port, two listeners");
+    // The port is the activator's alone: nobody else may bind it, with
+    // SO_REUSEPORT or without.
     let addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let intruder = tokio::net::TcpSocket::new_v4().unwrap();
+    intruder.set_reuseport(true).unwrap();
+    intruder.set_reuseaddr(true).unwrap();
+    assert!(
+        intruder.bind(addr).is_err(),
+        "another socket joined the port"
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(proxy.serve_workers(listeners, async move {
         let _ = stop_rx.await;

@@ -207,8 +207,9 @@ struct ActivatorArgs {
     /// Function's queue.maxPending bounds it alone); one more gets 503 with Retry-After.
     #[arg(long, env = "THAW_MAX_QUEUED_REQUESTS", default_value_t = 10_000)]
     max_queued_requests: usize,
-    /// Threads serving clients, each with its own listener (SO_REUSEPORT) and
-    /// instance connections; 0 means one per CPU the container may use.
+    /// Threads serving clients, each with its own runtime and instance
+    /// connections, all accepting on the one listening socket; 0 means one per
+    /// CPU the container may use.
     #[arg(long, env = "THAW_PROXY_WORKERS", default_value_t = 0)]
     proxy_workers: usize,
     /// Time between stats reports.
