@@ -28,7 +28,6 @@ pub use thaw_gate::hop::strip_hop_by_hop;
 /// rendered once per connection rather than once per request.
 #[derive(Debug)]
 pub struct ClientAddress {
-    ip: IpAddr,
     /// `X-Forwarded-For` when the request has none.
     forwarded_for: HeaderValue,
     /// The `for=` node of `Forwarded`.
@@ -45,16 +44,11 @@ impl ClientAddress {
             IpAddr::V6(_) => format!("\"[{text}]\""),
         };
         Self {
-            ip,
             forwarded_for: HeaderValue::from_str(&text)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             node,
             last_forwarded: Mutex::new(None),
         }
-    }
-
-    pub fn ip(&self) -> IpAddr {
-        self.ip
     }
 
     /// The `Forwarded` value of a request from here with Host `host`, kept

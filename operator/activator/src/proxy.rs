@@ -145,17 +145,17 @@ pub struct Proxy {
 
 /// What one client connection keeps across its requests; made when it is
 /// accepted, dropped when it closes.
-pub struct ClientConnection {
+struct ClientConnection {
     /// Its address as the forwarding headers write it.
-    pub address: ClientAddress,
+    address: ClientAddress,
     /// The function its last Host named.
     hosts: HostCache,
     /// Its own instance connections.
-    pub upstreams: Upstreams,
+    upstreams: Upstreams,
 }
 
 impl ClientConnection {
-    pub fn new(ip: IpAddr) -> Self {
+    fn new(ip: IpAddr) -> Self {
         Self {
             address: ClientAddress::new(ip),
             hosts: HostCache::default(),
@@ -404,11 +404,7 @@ impl Proxy {
 
     /// One request of `client`'s, from arrival to the response head (the
     /// body streams on).
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        client: &ClientConnection,
-    ) -> Answer {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, client: &ClientConnection) -> Answer {
         let arrival = Instant::now();
         // Its own instance connections when it may use them
         // (crate::upstream), the shared pool otherwise.

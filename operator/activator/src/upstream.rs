@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::Authority};
+use http::{HeaderValue, Request, Response, header::HOST, uri::Authority};
 use hyper::{
     body::Incoming,
     client::conn::http1::{self, Connection, SendRequest},
@@ -187,8 +187,8 @@ impl Upstreams {
         .await
     }
 
-    /// Sends `req` to the instance at `addr` on one of these connections,
-    /// or a new one. A reused connection the instance closed before taking
+    /// Sends `req`, its target in origin form (the path only), to the
+    /// instance at `addr` on one of these connections, or a new one. A reused connection the instance closed before taking
     /// the request gets the request on a new connection instead.
     pub async fn send(
         &self,
@@ -198,7 +198,7 @@ impl Upstreams {
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<(Response<Incoming>, Checkout), SendError> {
-        origin_form(&mut req, authority);
+        name_host(&mut req, authority);
         if let Some((id, mut sender)) = self.take_idle(addr, idle_timeout)
             && sender.ready().await.is_ok()
         {
@@ -295,15 +295,6 @@ impl Upstreams {
         }
         Ok((id, sender))
     }
-
-    /// Instance connections open (for tests).
-    pub fn len(&self) -> usize {
-        lock(&self.shared).slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Sends `req` (absolute-form URI) through the shared pool.
@@ -317,19 +308,12 @@ pub async fn pooled(
         .map_err(SendError::Pool)
 }
 
-/// On a connection of its own the request line carries the path only, and
-/// Host names the instance if the client gave none (as the pool does).
-fn origin_form(req: &mut Request<RequestBody>, authority: &Authority) {
+/// The request line carries the path only, so Host names the instance if
+/// the client gave none (as the pool does from an absolute target).
+fn name_host(req: &mut Request<RequestBody>, authority: &Authority) {
     if !req.headers().contains_key(HOST)
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         req.headers_mut().insert(HOST, host);
-    }
-    if req.uri().authority().is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-        *req.uri_mut() = path;
     }
 }

@@ -35,7 +35,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers that end at the activator, whatever `Connection` says.
+/// Headers that end at each proxy, whatever `Connection` says.
 const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     KEEP_ALIVE,
