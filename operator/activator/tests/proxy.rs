@@ -191,9 +191,17 @@ async fn ready(registry: &Registry, n: usize) {
 
 /// An activator serving function ns/f on `upstreams`.
 async fn serving(concurrency: u32, upstreams: &[&Upstream]) -> Activator {
-    let a = activator(options()).await;
-    a.registry
-        .set_function("ns", "f", Some(config(concurrency)));
+    serving_with(options(), config(concurrency), upstreams).await
+}
+
+/// [`serving`] with these options and this function configuration.
+async fn serving_with(
+    options: ProxyOptions,
+    config: FunctionConfig,
+    upstreams: &[&Upstream],
+) -> Activator {
+    let a = activator(options).await;
+    a.registry.set_function("ns", "f", Some(config));
     for (i, u) in upstreams.iter().enumerate() {
         a.registry
             .upsert_pod("ns", "f", pod(&format!("p{i}"), u.addr));
@@ -208,32 +216,13 @@ struct Reply {
     body: String,
 }
 
+/// `req` on a connection of its own.
 async fn request(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let response = sender.send_request(req).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    KeepAlive::open(addr).await.send(req).await
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Reply {
-    request(
-        addr,
-        Request::get(path)
-            .header("host", "f.ns.svc.cluster.local")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await
+    request(addr, get_request(path)).await
 }
 
 /// Sends raw bytes, returns everything the server sent until it closed
@@ -398,21 +387,9 @@ async fn a_response_still_streaming_at_the_timeout_is_cut() {
     let mut c = config(1);
     c.timeout = Duration::from_millis(500);
     a.registry.set_function("ns", "f", Some(c));
-    let stream = TcpStream::connect(a.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut client = KeepAlive::open(a.addr).await;
     let started = std::time::Instant::now();
-    let response = sender
-        .send_request(
-            Request::get("/drip")
-                .header("host", "f.ns.svc")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = client.head("/drip").await;
     assert_eq!(response.status(), 200, "the head came in time");
     let body = response.into_body().collect().await;
     assert!(
@@ -770,14 +747,11 @@ async fn the_queue_bound_across_functions_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_limit_gets_503_and_is_closed() {
     let up = upstream().await;
-    let a = activator(ProxyOptions {
+    let options = ProxyOptions {
         max_connections: 2,
         ..options()
-    })
-    .await;
-    a.registry.set_function("ns", "f", Some(config(10)));
-    a.registry.upsert_pod("ns", "f", pod("p0", up.addr));
-    ready(&a.registry, 1).await;
+    };
+    let a = serving_with(options, config(10), &[&up]).await;
     let first = TcpStream::connect(a.addr).await.unwrap();
     let second = TcpStream::connect(a.addr).await.unwrap();
     let reply = raw(a.addr, b"", Duration::from_secs(5)).await;
@@ -832,14 +806,21 @@ impl KeepAlive {
     }
 
     async fn get(&mut self, path: &str) -> Reply {
-        self.send(
-            Request::get(path)
-                .header("host", "f.ns.svc.cluster.local")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
+        self.send(get_request(path)).await
     }
+
+    /// A GET's response head; its body is left to the caller.
+    async fn head(&mut self, path: &str) -> hyper::Response<hyper::body::Incoming> {
+        self.sender.ready().await.unwrap();
+        self.sender.send_request(get_request(path)).await.unwrap()
+    }
+}
+
+fn get_request(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "f.ns.svc.cluster.local")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// Which of the stand-in instance's connections carried a reply.
@@ -876,21 +857,12 @@ async fn keep_alive_clients_get_instance_connections_of_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_its_own_connection_a_request_keeps_every_behaviour() {
     let up = upstream().await;
-    let a = activator(ProxyOptions {
-        max_body_bytes: 1000,
-        ..options()
-    })
-    .await;
-    a.registry.set_function(
-        "ns",
-        "f",
-        Some(FunctionConfig {
-            timeout: Duration::from_millis(700),
-            ..config(1)
-        }),
-    );
-    a.registry.upsert_pod("ns", "f", pod("p0", up.addr));
-    ready(&a.registry, 1).await;
+    // options(): bodies up to 1000 bytes.
+    let config = FunctionConfig {
+        timeout: Duration::from_millis(700),
+        ..config(1)
+    };
+    let a = serving_with(options(), config, &[&up]).await;
     let mut client = KeepAlive::open(a.addr).await;
     let first = client.get("/").await;
     assert_eq!(first.status, 200);
@@ -945,17 +917,7 @@ async fn on_its_own_connection_a_request_keeps_every_behaviour() {
         (StatusCode::OK, StatusCode::OK)
     );
     assert_eq!(up.peak.load(Ordering::SeqCst), 1, "concurrency 1 held");
-    client.sender.ready().await.unwrap();
-    let response = client
-        .sender
-        .send_request(
-            Request::get("/drip")
-                .header("host", "f.ns.svc.cluster.local")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = client.head("/drip").await;
     assert_eq!(response.status(), 200);
     assert!(
         response.into_body().collect().await.is_err(),
