@@ -174,7 +174,12 @@ fn moved(
         return true;
     };
     if now.requests > 0
-        || now.waiting != before.waiting
+        // Requests waiting wake every report, not just the one where
+        // their count changed: a wake-up lost on the way (a full queue, or
+        // the controller's cache not holding the Function yet) must not
+        // leave them waiting for an instance nobody decides to make.
+        || now.waiting > 0
+        || before.waiting > 0
         || now.concurrency > 0.0
         || before.concurrency > 0.0
         || now.instances.len() != before.instances.len()

@@ -351,3 +351,31 @@ fn reports_wake_only_functions_whose_numbers_moved() {
     r.epoch = 2;
     assert_eq!(woken(&mut store, r, clock.now()).len(), 2);
 }
+
+#[test]
+fn waiting_requests_wake_their_function_on_every_report_until_none_wait() {
+    let clock = ManualClock::new();
+    let mut store = Autoscaler::new(Tuning::default(), clock.now());
+    let waiting = |seq: u64, waiting: u32| {
+        let mut r = report("a", seq, 0.0);
+        r.functions[0].waiting = waiting;
+        r
+    };
+    let mut woken = |seq: u64, count: u32| {
+        clock.advance(Duration::from_secs(1));
+        store
+            .ingest(waiting(seq, count), clock.now())
+            .unwrap()
+            .functions
+    };
+    assert_eq!(woken(1, 0), [key()], "a first report wakes everything");
+    assert!(woken(2, 0).is_empty(), "nothing waits, nothing moved");
+    // The same request still waiting: woken again each time, so a wake-up
+    // lost before the controller could act on it is made up a report later.
+    assert_eq!(woken(3, 1), [key()]);
+    assert_eq!(woken(4, 1), [key()]);
+    assert_eq!(woken(5, 1), [key()]);
+    // Once more when the last one stopped waiting, then quiet.
+    assert_eq!(woken(6, 0), [key()]);
+    assert!(woken(7, 0).is_empty());
+}
